@@ -1,0 +1,3 @@
+from overunder.cli.main import main
+
+main()

@@ -1,0 +1,1 @@
+"""Workflows over the stores, mounts and runtime; owns container records and locks."""

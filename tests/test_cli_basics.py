@@ -1,0 +1,63 @@
+"""CLI conventions every verb shares: --version, --help, usage errors, error rendering."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+from overunder import __version__
+from overunder.cli import main as cli_main
+from overunder.errors import NotFound
+
+
+def overunder(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "overunder", *args], capture_output=True, text=True, check=False
+    )
+
+
+def test_version() -> None:
+    r = overunder("--version")
+    assert r.returncode == 0
+    assert r.stdout.strip() == f"overunder {__version__}"
+
+
+def test_help_lists_verbs() -> None:
+    r = overunder("--help")
+    assert r.returncode == 0
+    assert "doctor" in r.stdout
+
+
+def test_every_verb_has_help() -> None:
+    parser = cli_main.build_parser()
+    sub = next(a for a in parser._actions if a.dest == "verb")
+    assert sub.choices
+    for name in sub.choices:  # type: ignore[union-attr]
+        r = overunder(name, "--help")
+        assert r.returncode == 0, (name, r.stderr)
+        assert "usage:" in r.stdout
+
+
+def test_unknown_verb_is_a_usage_error() -> None:
+    r = overunder("no-such-verb")
+    assert r.returncode == 2
+    assert r.stderr.startswith("Error: ")
+    assert "Traceback" not in r.stderr
+
+
+def test_error_rendering_has_no_traceback_unless_debug(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    def boom(args: object, ctx: object) -> int:
+        raise NotFound("No such container: nosuch", hint="see 'overunder ps -a'")
+
+    parser = cli_main.build_parser()
+    monkeypatch.setattr(cli_main, "build_parser", lambda: parser)
+    parser.set_defaults(func=boom, verb="x")
+    assert cli_main.run([]) == 1
+    err = capsys.readouterr().err
+    assert err == "Error: No such container: nosuch\nHint: see 'overunder ps -a'\n"
+    assert cli_main.run(["--debug"]) == 1
+    assert "Traceback" in capsys.readouterr().err
