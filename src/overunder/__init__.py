@@ -1,10 +1,43 @@
 """overunder: container layers made real and visible.
 
-The supported Python API is what this module exports; everything else is internal.
+The supported Python API is what this module exports; everything else is internal and may
+change. :class:`Engine` is the way in (see ``docs/api.md``); errors are the categories of
+:mod:`overunder.errors`, the same the CLI prints.
 """
 
 from __future__ import annotations
 
+from overunder.engine.engine import Container as Container
+from overunder.engine.engine import Engine as Engine
+from overunder.engine.engine import ExecResult as ExecResult
+from overunder.engine.engine import Image as Image
+from overunder.errors import AlreadyExists as AlreadyExists
+from overunder.errors import FailedPrecondition as FailedPrecondition
+from overunder.errors import IntegrityError as IntegrityError
+from overunder.errors import InvalidArgument as InvalidArgument
+from overunder.errors import NotFound as NotFound
+from overunder.errors import OverunderError as OverunderError
+from overunder.errors import RegistryError as RegistryError
+from overunder.errors import Unsupported as Unsupported
+from overunder.semantics import Change as Change
+from overunder.semantics import ChangeKind as ChangeKind
+
 __version__ = "0.1.0"
 
-__all__ = ["__version__"]
+__all__ = [
+    "AlreadyExists",
+    "Change",
+    "ChangeKind",
+    "Container",
+    "Engine",
+    "ExecResult",
+    "FailedPrecondition",
+    "Image",
+    "IntegrityError",
+    "InvalidArgument",
+    "NotFound",
+    "OverunderError",
+    "RegistryError",
+    "Unsupported",
+    "__version__",
+]

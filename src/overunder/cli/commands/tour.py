@@ -1,0 +1,136 @@
+"""``overunder tour``: replay the tutorial with real commands and real output."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import sys
+from pathlib import Path
+from types import FrameType
+from typing import Any
+
+from overunder.cli.context import Context
+from overunder.errors import FailedPrecondition
+
+
+def register(sub: Any) -> None:
+    from overunder.tour import PARTS
+
+    p = sub.add_parser(
+        "tour",
+        help="replay the Over Under tutorial for real, step by step",
+        description="Replay the tutorial: each step prints the command a person would type "
+        "($ cmd), its real output, and what to notice. The Linux-level part mounts a real "
+        "overlay in a scratch project directory (under /tmp unless --dir) and removes "
+        "everything it made when it ends, even on Ctrl-C or an error.",
+    )
+    p.add_argument(
+        "--step", action="store_true", help="pause before each step (on a terminal only)"
+    )
+    p.add_argument(
+        "--dir",
+        type=Path,
+        metavar="DIR",
+        help="scratch directory to create and work in (must be new or empty; removed at the end)",
+    )
+    p.add_argument(
+        "--driver",
+        choices=["kernel", "fuse"],
+        default="kernel",
+        help="overlay driver for the Linux part: kernel (-t overlay) or fuse (-t fuse.overunder)",
+    )
+    p.add_argument(
+        "--part",
+        action="append",
+        choices=list(PARTS),
+        metavar="PART",
+        help=f"play only this part ({', '.join(PARTS)}); may be repeated; default all",
+    )
+    p.add_argument(
+        "--format",
+        choices=["text", "json"],
+        default="text",
+        help="json: print the steps with their commands and outputs as one JSON document",
+    )
+    p.set_defaults(func=run)
+
+
+class _Quit(Exception):
+    """The person typed q at a --step pause."""
+
+
+def _raise_interrupt(signum: int, frame: FrameType | None) -> None:
+    raise KeyboardInterrupt
+
+
+def run(args: argparse.Namespace, ctx: Context) -> int:
+    from overunder.tour import PARTS, Step, StepResult, Tour, steps_for
+    from overunder.tour.framework import CommandResult
+
+    mount_type = "overlay" if args.driver == "kernel" else "fuse.overunder"
+    if mount_type == "overlay" and os.geteuid() != 0:
+        raise FailedPrecondition(
+            "the Linux-level tour mounts a kernel overlay, which needs root",
+            hint="run it as root (sudo .venv/bin/overunder tour), or try --driver fuse",
+        )
+    parts = args.part or list(PARTS)
+    text = args.format == "text"
+    interactive = args.step and text and sys.stdin.isatty() and ctx.stdout.isatty()
+    env = Tour.make_env(args.dir, mount_type=mount_type)
+    plan = steps_for(parts, env)
+    first = {id(steps[0]): heading for heading, steps in plan if steps}
+
+    def on_step(step: Step) -> None:
+        if not text:
+            return
+        if id(step) in first:
+            ctx.out(f"=== {first[id(step)]} ===")
+            ctx.out()
+        if interactive:
+            ctx.stdout.flush()
+            try:
+                answer = input(f"[Enter: step {step.number}, q: quit] ")
+            except EOFError:  # Ctrl-D at the pause
+                answer = "q"
+            if answer.strip().lower() in ("q", "quit"):
+                raise _Quit(step.number)
+        ctx.out(f"Step {step.number}: {step.title}")
+
+    def on_command(step: Step, res: CommandResult) -> None:
+        if not text:
+            return
+        ctx.out(f"$ {res.command}")
+        if res.output:
+            ctx.out(res.output, end="" if res.output.endswith("\n") else "\n")
+
+    def on_done(result: StepResult) -> None:
+        if text:
+            for line in result.step.notice.splitlines():
+                ctx.out(f"  >> {line}")
+            ctx.out()
+            ctx.stdout.flush()
+
+    tour = Tour(env, on_step=on_step, on_command=on_command, on_done=on_done)
+    previous = signal.signal(signal.SIGTERM, _raise_interrupt)
+    try:
+        results = tour.run([s for _, steps in plan for s in steps])
+    except _Quit as stop:
+        ctx.out(f"Stopped before step {stop}; {env.base} has been removed.")
+        return 0
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+        for problem in tour.leftovers:
+            ctx.warn(problem)
+    if text:
+        ctx.out(f"Done: {len(results)} steps replayed; {env.base} has been removed.")
+    else:
+        ctx.json(
+            {
+                "Dir": str(env.base),
+                "Driver": mount_type,
+                "Parts": parts,
+                "Steps": [r.to_dict() for r in results],
+            }
+        )
+    return 0

@@ -1,0 +1,838 @@
+"""Containers: create → mount → start (via the shim) → exit → unmount → rm.
+
+Each verb here is a function over :class:`~overunder.engine.paths.EnginePaths`; the CLI parses
+argv and prints. Records and the state machine live in :mod:`container_record`, the tree in
+:mod:`container_rootfs`, Docker's inspect shape in :mod:`container_inspect`.
+
+**Never shown running when it is not.** Every read of a container goes through
+:func:`reconcile`: a running record whose shim wrote ``exit.json`` becomes exited with that
+code; one whose shim is gone (pid dead, or recycled for another process) becomes exited
+(code 137, ``State.Error`` says the shim died) after its leftovers are killed; in both cases
+the rootfs is unmounted and ``MergedDir`` removed, and ``--rm`` containers are removed.
+
+Gaps: no restart policies, no ``pause`` verb (the state exists), no anonymous volumes (``rm -v``
+has nothing to remove), no UDP ports, no user namespaces.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from overunder.engine.container_names import random_name
+from overunder.engine.container_record import (
+    ContainerRecord,
+    ContainerState,
+    State,
+    container_dir,
+    containers_lock,
+    ensure_private,
+    list_records,
+    load_record,
+    new_container_id,
+    record_lock,
+    run_dir,
+    save_record,
+)
+from overunder.engine.container_rootfs import (
+    create_snapshots,
+    merged_dir,
+    mount_rootfs,
+    remove_snapshots,
+    resolve_user,
+    resolve_workdir,
+    unmount_rootfs,
+    write_container_files,
+)
+from overunder.engine.paths import EnginePaths
+from overunder.errors import (
+    AlreadyExists,
+    FailedPrecondition,
+    InvalidArgument,
+    NotFound,
+    OverunderError,
+)
+from overunder.runtime import (
+    BindMount,
+    ProcessSpec,
+    Resources,
+    RuntimeBinary,
+    ShimConfig,
+    ShimHandle,
+    SpecOptions,
+    StartError,
+    build_spec,
+    parse_publish,
+    read_exit,
+    shim_alive,
+    spawn_shim,
+)
+from overunder.runtime.logs import format_timestamp
+from overunder.runtime.runc import signal_number
+from overunder.runtime.shim import write_json_atomic
+from overunder.runtime.spec import DEFAULT_PATH, build_process
+
+__all__ = [
+    "Attach",
+    "ExecOptions",
+    "RunOptions",
+    "create_container",
+    "exec_in_container",
+    "find_container",
+    "images_in_use",
+    "inspect_container",
+    "kill_container",
+    "list_containers",
+    "log_path",
+    "reconcile",
+    "remove_container",
+    "restart_container",
+    "runtime_for",
+    "start_container",
+    "stop_container",
+    "wait_container",
+]
+
+DRIVER_NAMES = {"overlay": "overlay", "fuse": "fuse.overunder", "fuse.overunder": "fuse.overunder"}
+SHIM_DIED = "the container's shim died; the container was stopped"
+
+
+@dataclass(slots=True)
+class RunOptions:
+    """``run``/``create`` options (Docker's flags)."""
+
+    image: str
+    command: list[str] = field(default_factory=list)
+    name: str | None = None
+    env: list[str] = field(default_factory=list)
+    env_files: list[str] = field(default_factory=list)
+    workdir: str | None = None
+    user: str | None = None
+    entrypoint: str | None = None
+    hostname: str | None = None
+    volumes: list[str] = field(default_factory=list)
+    publish: list[str] = field(default_factory=list)
+    network: str = "private"
+    interactive: bool = False
+    tty: bool = False
+    memory: int | None = None
+    pids_limit: int | None = None
+    cpus: float | None = None
+    read_only: bool = False
+    storage_driver: str = "overlay"
+    runtime: str = "runc"
+    auto_remove: bool = False
+    no_new_privileges: bool = False
+    attach: bool = False  # not detached (for Config.AttachStdout/err)
+
+
+@dataclass(frozen=True, slots=True)
+class Attach:
+    """The caller's fds handed to the shim for a foreground run/start."""
+
+    stdin: int | None
+    stdout: int
+    stderr: int
+
+
+@dataclass(slots=True)
+class ExecOptions:
+    command: list[str]
+    env: list[str] = field(default_factory=list)
+    workdir: str | None = None
+    user: str | None = None
+    interactive: bool = False
+    tty: bool = False
+    detach: bool = False
+    privileged: bool = False
+
+
+# -- helpers --------------------------------------------------------------------------------------
+def _valid_name(name: str) -> str:
+    clean = name.removeprefix("/")
+    ok = clean and clean[0].isalnum() and all(c.isalnum() or c in "_.-" for c in clean)
+    if not ok:
+        raise InvalidArgument(
+            f"Invalid container name ({name}), only [a-zA-Z0-9][a-zA-Z0-9_.-] are allowed",
+            hint="pick a name of letters, digits, '_', '.' and '-'",
+        )
+    return clean
+
+
+def _parse_env_file(path: str) -> list[str]:
+    try:
+        text = Path(path).read_text()
+    except OSError as err:
+        raise NotFound(f"open {path}: {err.strerror}", hint="check the --env-file path") from err
+    out = []
+    for raw in text.splitlines():
+        line = raw.strip()
+        if not line or line.startswith("#"):
+            continue
+        if "=" not in line:
+            value = os.environ.get(line)
+            if value is None:
+                continue
+            line = f"{line}={value}"
+        out.append(line)
+    return out
+
+
+def _expand_env(items: Sequence[str]) -> list[str]:
+    out = []
+    for item in items:
+        if "=" in item:
+            out.append(item)
+        elif item in os.environ:  # -e NAME takes the caller's value, as Docker
+            out.append(f"{item}={os.environ[item]}")
+    return out
+
+
+def merge_env(base: Sequence[str], extra: Sequence[str]) -> list[str]:
+    """Later entries replace earlier ones with the same name, keeping the first position."""
+    out: list[str] = []
+    index: dict[str, int] = {}
+    for item in [*base, *extra]:
+        key = item.split("=", 1)[0]
+        if key in index:
+            out[index[key]] = item
+        else:
+            index[key] = len(out)
+            out.append(item)
+    return out
+
+
+def runtime_for(paths: EnginePaths, name: str) -> RuntimeBinary:
+    root = ensure_private(paths.run_root / name)
+    return RuntimeBinary.find(name, root)
+
+
+def log_path(paths: EnginePaths, rec: ContainerRecord) -> Path:
+    return container_dir(paths, rec.id) / f"{rec.id}-json.log"
+
+
+def _image_stores(paths: EnginePaths) -> Any:
+    from overunder.engine.images import stores
+
+    return stores(paths)
+
+
+def _parse_volume(spec: str) -> BindMount:
+    parts = spec.split(":")
+    if len(parts) < 2 or len(parts) > 3 or not parts[0] or not parts[1]:
+        raise InvalidArgument(
+            f"invalid volume specification: '{spec}'",
+            hint="use -v /host/path:/container/path[:ro] (named volumes are not supported)",
+        )
+    src, dst = parts[0], parts[1]
+    mode = parts[2] if len(parts) == 3 else "rw"
+    if mode not in ("ro", "rw"):
+        raise InvalidArgument(f"invalid mode: {mode} in -v {spec}", hint="use :ro or :rw")
+    if not src.startswith("/"):
+        raise InvalidArgument(
+            f"-v {spec}: named volumes are not supported; give an absolute host path",
+            hint="use -v /host/path:/container/path",
+        )
+    if not dst.startswith("/"):
+        raise InvalidArgument(
+            f"invalid mount config for type \"bind\": invalid mount path: '{dst}' mount path "
+            "must be absolute",
+            hint="give an absolute container path",
+        )
+    return BindMount(source=os.path.abspath(src), destination=dst, readonly=mode == "ro")
+
+
+# -- create -------------------------------------------------------------------------------------
+def resolve_image(
+    paths: EnginePaths, name: str
+) -> tuple[str, dict[str, Any], str | None, Path | None]:
+    """(image id, image Config, top chain id, top layer dir) for ``name``."""
+    from overunder.engine.images import load_config
+    from overunder.image.ids import chain_ids
+
+    s = _image_stores(paths)
+    rec = s.images.resolve(name)
+    cfg = load_config(s, rec.id)
+    chains = chain_ids(cfg.diff_ids)
+    top = chains[-1] if chains else None
+    top_dir = s.snapshots.layer_dir(top) if top else None
+    return rec.id, cfg.config or {}, top, top_dir
+
+
+def create_container(paths: EnginePaths, opts: RunOptions) -> ContainerRecord:
+    """``docker create``: the record, the init layer and the container's snapshot. The image
+    must be present (the CLI pulls first when asked)."""
+    driver = DRIVER_NAMES.get(opts.storage_driver)
+    if driver is None:
+        raise InvalidArgument(
+            f"--storage-driver {opts.storage_driver}: unknown driver",
+            hint="use overlay (the kernel's) or fuse (overunder's FUSE overlay)",
+        )
+    if opts.network not in ("private", "none", "host", "default", "bridge"):
+        raise InvalidArgument(
+            f"--network {opts.network}: unknown network",
+            hint="use private (the default: a network namespace of its own), none or host",
+        )
+    network = "private" if opts.network in ("default", "bridge") else opts.network
+    runtime_for(paths, opts.runtime)  # fail early when the runtime cannot work here
+    ports = [parse_publish(p) for p in opts.publish]
+    for v in opts.volumes:
+        _parse_volume(v)  # validate now, not at start
+    resources = Resources(memory=opts.memory, pids_limit=opts.pids_limit, cpus=opts.cpus)
+    resources.to_oci()  # validate now, not at start
+    image_id, icfg, top_chain, top_dir = resolve_image(paths, opts.image)
+
+    entrypoint: list[str]
+    if opts.entrypoint is not None:
+        entrypoint = [opts.entrypoint] if opts.entrypoint else []
+        cmd = list(opts.command)
+    else:
+        entrypoint = list(icfg.get("Entrypoint") or [])
+        cmd = list(opts.command) or list(icfg.get("Cmd") or [])
+    argv = entrypoint + cmd
+    if not argv:
+        raise InvalidArgument(
+            "no command specified",
+            hint="give a command after the image name, or use an image with CMD or ENTRYPOINT",
+        )
+    user_env = []
+    for f in opts.env_files:
+        user_env += _parse_env_file(f)
+    user_env += _expand_env(opts.env)
+    image_env = list(icfg.get("Env") or [])
+    config_env = merge_env(image_env, user_env)
+
+    with containers_lock(paths):
+        existing = list_records(paths)
+        taken = {r.name: r for r in existing}
+        if opts.name is not None:
+            name = _valid_name(opts.name)
+            if name in taken:
+                raise AlreadyExists(
+                    f'Conflict. The container name "/{name}" is already in use by container '
+                    f'"{taken[name].id}". You have to remove (or rename) that container to be '
+                    "able to reuse that name.",
+                    hint=f"remove it with 'overunder rm -f {name}' or pick another --name",
+                )
+        else:
+            name = random_name(set(taken))
+        cid = new_container_id(paths)
+        hostname = opts.hostname or cid[:12]
+        process_env = merge_env(
+            ["PATH=" + DEFAULT_PATH, f"HOSTNAME={hostname}"] + (["TERM=xterm"] if opts.tty else []),
+            config_env,
+        )
+        s = _image_stores(paths)
+        cdir = ensure_private(container_dir(paths, cid))
+        try:
+            init_key, key = create_snapshots(s.snapshots, cid, top_chain, top_dir, driver)
+        except BaseException:
+            shutil.rmtree(cdir, ignore_errors=True)
+            raise
+        config: dict[str, Any] = {
+            "Hostname": hostname,
+            "Domainname": "",
+            "User": opts.user if opts.user is not None else str(icfg.get("User") or ""),
+            "AttachStdin": opts.interactive and opts.attach,
+            "AttachStdout": opts.attach,
+            "AttachStderr": opts.attach,
+        }
+        if ports:
+            config["ExposedPorts"] = {f"{p.container_port}/tcp": {} for p in ports}
+        config.update(
+            {
+                "Tty": opts.tty,
+                "OpenStdin": opts.interactive,
+                "StdinOnce": opts.interactive and opts.attach,
+                "Env": config_env,
+                "Cmd": cmd or None,
+                "Image": opts.image,
+                "Volumes": None,
+                "WorkingDir": opts.workdir
+                if opts.workdir is not None
+                else str(icfg.get("WorkingDir") or ""),
+                "Entrypoint": entrypoint or None,
+                "OnBuild": None,
+                "Labels": dict(icfg.get("Labels") or {}),
+            }
+        )
+        port_bindings: dict[str, list[dict[str, str]]] = {}
+        for p in ports:
+            port_bindings.setdefault(f"{p.container_port}/tcp", []).append(
+                {"HostIp": p.host_ip, "HostPort": str(p.host_port) if p.host_port else ""}
+            )
+        host_config: dict[str, Any] = {
+            "Binds": list(opts.volumes) or None,
+            "ContainerIDFile": "",
+            "LogConfig": {"Type": "json-file", "Config": {}},
+            "NetworkMode": network,
+            "PortBindings": port_bindings,
+            "RestartPolicy": {"Name": "no", "MaximumRetryCount": 0},
+            "AutoRemove": opts.auto_remove,
+            "VolumeDriver": "",
+            "VolumesFrom": None,
+            "CapAdd": None,
+            "CapDrop": None,
+            "Dns": [],
+            "DnsOptions": [],
+            "DnsSearch": [],
+            "ExtraHosts": None,
+            "GroupAdd": None,
+            "IpcMode": "private",
+            "Cgroup": "",
+            "Links": None,
+            "OomScoreAdj": 0,
+            "PidMode": "",
+            "Privileged": False,
+            "PublishAllPorts": False,
+            "ReadonlyRootfs": opts.read_only,
+            "SecurityOpt": ["no-new-privileges"] if opts.no_new_privileges else None,
+            "UTSMode": "",
+            "UsernsMode": "",
+            "ShmSize": 67108864,
+            "Runtime": opts.runtime,
+            "Isolation": "",
+            "CpuShares": 0,
+            "Memory": opts.memory or 0,
+            "NanoCpus": int((opts.cpus or 0) * 1e9),
+            "CgroupParent": "overunder",
+            "PidsLimit": opts.pids_limit,
+            "StorageDriver": driver,
+        }
+        now = time.time_ns()
+        rec = ContainerRecord(
+            id=cid,
+            name=name,
+            created=format_timestamp(now),
+            image_id=image_id,
+            image_name=opts.image,
+            path=argv[0],
+            args=argv[1:],
+            config=config,
+            host_config=host_config,
+            driver=driver,
+            snapshot_key=key,
+            init_key=init_key,
+            runtime=opts.runtime,
+            ports=[p.to_dict() for p in ports],
+            process_env=process_env,
+            created_ns=now,
+        )
+        write_container_files(cdir, hostname, network)
+        save_record(paths, rec)
+    return rec
+
+
+# -- finding and reconciling -------------------------------------------------------------------
+def _match(paths: EnginePaths, name_or_id: str) -> ContainerRecord:
+    records = list_records(paths)
+    want = name_or_id.removeprefix("/")
+    for r in records:
+        if r.id == want:
+            return r
+    for r in records:
+        if r.name == want:
+            return r
+    if want and all(c in "0123456789abcdef" for c in want):
+        hits = [r for r in records if r.id.startswith(want)]
+        if len(hits) == 1:
+            return hits[0]
+        if len(hits) > 1:
+            raise InvalidArgument(
+                f"multiple IDs found with provided prefix: {want}",
+                hint="give more characters of the id, or the name",
+            )
+    raise NotFound(f"No such container: {name_or_id}", hint="see 'overunder ps -a'")
+
+
+def find_container(paths: EnginePaths, name_or_id: str) -> ContainerRecord:
+    """By full id, name, or unique id prefix (Docker's order); reconciled with reality.
+    NotFound ``No such container: X`` otherwise."""
+    rec = reconcile(paths, _match(paths, name_or_id))
+    if not (container_dir(paths, rec.id) / "config.v2.json").exists():  # --rm took it
+        raise NotFound(f"No such container: {name_or_id}", hint="see 'overunder ps -a'")
+    return rec
+
+
+def list_containers(paths: EnginePaths, *, all_states: bool = True) -> list[ContainerRecord]:
+    """Newest first, reconciled; only running/paused ones unless ``all_states``."""
+    out = []
+    for found in list_records(paths):
+        try:
+            r = reconcile(paths, found)
+        except NotFound:
+            continue
+        if all_states or r.state.status in (State.RUNNING, State.PAUSED):
+            out.append(r)
+    out.sort(key=lambda r: r.created_ns, reverse=True)
+    return out
+
+
+def _is_live(rec: ContainerRecord) -> bool:
+    return rec.state.status in (State.RUNNING, State.PAUSED)
+
+
+def reconcile(paths: EnginePaths, rec: ContainerRecord) -> ContainerRecord:
+    """Bring a running record in line with its shim (see the module docstring)."""
+    if not _is_live(rec):
+        return rec
+    rd = run_dir(paths, rec.id)
+    if read_exit(rd) is None and shim_alive(rd):
+        return rec
+    with record_lock(paths, rec.id):
+        rec = load_record(paths, rec.id)
+        if not _is_live(rec):
+            return rec
+        ex = read_exit(rd)
+        if ex is None and shim_alive(rd):
+            return rec
+        if ex is not None:
+            rec.state.exit_code = ex.exit_code
+            rec.state.finished_at = ex.finished_at
+            rec.state.error = ex.error
+        else:
+            _kill_leftovers(paths, rec)
+            rec.state.exit_code = 137
+            rec.state.finished_at = format_timestamp()
+            rec.state.error = SHIM_DIED
+        rec.set_state(State.EXITED)
+        rec.state.pid = 0
+        unmount_rootfs(merged_dir(rd))
+        save_record(paths, rec)
+    if rec.host_config.get("AutoRemove"):
+        with contextlib.suppress(NotFound):
+            remove_container(paths, rec.id, force=True)
+    return rec
+
+
+def _kill_leftovers(paths: EnginePaths, rec: ContainerRecord) -> None:
+    with contextlib.suppress(OverunderError, OSError):
+        rt = runtime_for(paths, rec.runtime)
+        with contextlib.suppress(OverunderError):
+            rt.kill(rec.id, 9, all_processes=True)
+        deadline = time.monotonic() + 5
+        while time.monotonic() < deadline:
+            st = rt.state(rec.id)
+            if st is None or st.get("status") == "stopped":
+                break
+            time.sleep(0.02)
+        rt.delete(rec.id, force=True)
+
+
+# -- start ----------------------------------------------------------------------------------------
+def _spec_for(paths: EnginePaths, rec: ContainerRecord, rootfs: Path) -> dict[str, Any]:
+    user = resolve_user(rootfs, rec.config.get("User") or "0")
+    workdir = resolve_workdir(rootfs, rec.config.get("WorkingDir") or "/")
+    rec.uid, rec.gid, rec.additional_gids = user.uid, user.gid, list(user.additional_gids)
+    env = list(rec.process_env)
+    if not any(e.startswith("HOME=") for e in env):
+        env.append(f"HOME={user.home if user.home else '/root'}")
+    cdir = container_dir(paths, rec.id)
+    binds = [
+        BindMount(str(cdir / "hostname"), "/etc/hostname"),
+        BindMount(str(cdir / "hosts"), "/etc/hosts"),
+        BindMount(str(cdir / "resolv.conf"), "/etc/resolv.conf"),
+    ]
+    for v in rec.host_config.get("Binds") or []:
+        b = _parse_volume(v)
+        Path(b.source).mkdir(parents=True, exist_ok=True) if not os.path.exists(b.source) else None
+        binds.append(b)
+    hc = rec.host_config
+    opts = SpecOptions(
+        process=ProcessSpec(
+            args=[rec.path, *rec.args],
+            env=env,
+            cwd=workdir,
+            uid=user.uid,
+            gid=user.gid,
+            additional_gids=user.additional_gids,
+            terminal=bool(rec.config.get("Tty")),
+            no_new_privileges=bool(hc.get("SecurityOpt")),
+        ),
+        rootfs=str(rootfs),
+        hostname=rec.config["Hostname"],
+        readonly_rootfs=bool(hc.get("ReadonlyRootfs")),
+        network=str(hc.get("NetworkMode") or "private"),
+        binds=binds,
+        resources=Resources(
+            memory=hc.get("Memory") or None,
+            pids_limit=hc.get("PidsLimit"),
+            cpus=(hc.get("NanoCpus") or 0) / 1e9 or None,
+        ),
+        cgroups_path=f"/overunder/{rec.id}",
+    )
+    return build_spec(opts)
+
+
+def start_container(
+    paths: EnginePaths, name_or_id: str, *, attach: Attach | None = None
+) -> tuple[ContainerRecord, ShimHandle | None]:
+    """Mount the tree, write the bundle and start the shim. A running container is left
+    alone (handle None). On a start failure the container stays ``created`` (or ``exited``)
+    with ``State.Error`` and the exit code Docker uses, and the error is raised."""
+    rec = find_container(paths, name_or_id)
+    with record_lock(paths, rec.id):
+        rec = load_record(paths, rec.id)
+        if _is_live(rec):
+            return rec, None
+        if rec.state.status not in (State.CREATED, State.EXITED):
+            raise FailedPrecondition(
+                f"container {rec.name} is {rec.state.status}; it cannot be started",
+                hint="remove it with 'overunder rm -f'",
+            )
+        rt = runtime_for(paths, rec.runtime)
+        ensure_private(paths.run_root / "containers")
+        rd = ensure_private(run_dir(paths, rec.id))
+        for leftover in ("exit.json", "shim.pid", "init.pid"):
+            with contextlib.suppress(FileNotFoundError):
+                (rd / leftover).unlink()
+        with contextlib.suppress(OverunderError):
+            rt.delete(rec.id, force=True)  # a runtime record from a crash would block create
+        s = _image_stores(paths)
+        target = merged_dir(rd)
+        mount_rootfs(s.snapshots, rec.snapshot_key, rec.driver, target)
+        try:
+            spec = _spec_for(paths, rec, target)
+            bundle = rd / "bundle"
+            bundle.mkdir(mode=0o700, exist_ok=True)
+            write_json_atomic(bundle / "config.json", spec)
+            cfg = ShimConfig(
+                container_id=rec.id,
+                bundle=str(bundle),
+                state_dir=str(rd),
+                log_path=str(log_path(paths, rec)),
+                runtime_name=rt.name,
+                runtime_path=rt.path,
+                runtime_root=str(rt.state_root),
+                ports=list(rec.ports),
+                network_host=rec.host_config.get("NetworkMode") == "host",
+                attach=attach is not None,
+                stdin=attach is not None and attach.stdin is not None,
+                tty=bool(rec.config.get("Tty")),
+            )
+            handle = spawn_shim(
+                cfg,
+                stdin=attach.stdin if attach else None,
+                stdout=attach.stdout if attach else None,
+                stderr=attach.stderr if attach else None,
+            )
+        except StartError as err:
+            unmount_rootfs(target)
+            rec.state.error = err.message
+            rec.state.exit_code = err.exit_code
+            save_record(paths, rec)
+            raise
+        except BaseException:
+            unmount_rootfs(target)
+            raise
+        rec.set_state(State.RUNNING)
+        rec.state.pid = handle.pid
+        rec.state.exit_code = 0
+        rec.state.error = ""
+        rec.state.started_at = format_timestamp()
+        rec.state.finished_at = "0001-01-01T00:00:00Z"
+        rec.ports = [p.to_dict() for p in handle.ports]
+        save_record(paths, rec)
+    return rec, handle
+
+
+# -- stop, kill, wait --------------------------------------------------------------------------
+def _wait_exit(paths: EnginePaths, rec: ContainerRecord, timeout: float | None) -> bool:
+    rd = run_dir(paths, rec.id)
+    deadline = None if timeout is None else time.monotonic() + timeout
+    delay = 0.005
+    while True:
+        if read_exit(rd) is not None or not shim_alive(rd):
+            return True
+        if deadline is not None and time.monotonic() >= deadline:
+            return False
+        time.sleep(delay)
+        delay = min(delay * 2, 0.05)
+
+
+def stop_container(
+    paths: EnginePaths, name_or_id: str, *, timeout: float | None = None
+) -> ContainerRecord:
+    """SIGTERM (or the image's StopSignal), ``timeout`` seconds (default 10), then SIGKILL."""
+    rec = find_container(paths, name_or_id)
+    if not _is_live(rec):
+        return rec
+    rt = runtime_for(paths, rec.runtime)
+    grace = 10.0 if timeout is None else max(0.0, timeout)
+    sig = 15
+    with contextlib.suppress(OverunderError):
+        rt.kill(rec.id, sig)
+    if not _wait_exit(paths, rec, grace):
+        with contextlib.suppress(OverunderError):
+            rt.kill(rec.id, 9, all_processes=True)
+        if not _wait_exit(paths, rec, 10.0):
+            raise FailedPrecondition(
+                f"container {rec.name} did not stop after SIGKILL",
+                hint="see 'overunder inspect' and the shim.log in its run dir",
+            )
+    return reconcile(paths, load_record(paths, rec.id))
+
+
+def kill_container(paths: EnginePaths, name_or_id: str, *, signal: str = "KILL") -> ContainerRecord:
+    rec = find_container(paths, name_or_id)
+    sig = signal_number(signal)
+    if not _is_live(rec):
+        raise FailedPrecondition(
+            f"Cannot kill container: {name_or_id}: Container {rec.id} is not running",
+            hint="start it first",
+        )
+    rt = runtime_for(paths, rec.runtime)
+    with contextlib.suppress(NotFound):
+        rt.kill(rec.id, sig)
+    if sig == 9:
+        _wait_exit(paths, rec, 10.0)
+        return reconcile(paths, load_record(paths, rec.id))
+    return rec
+
+
+def wait_container(paths: EnginePaths, name_or_id: str) -> int:
+    """Block until the container is not running; its exit code."""
+    rec = find_container(paths, name_or_id)
+    if _is_live(rec):
+        _wait_exit(paths, rec, None)
+        rec = reconcile(paths, load_record(paths, rec.id))
+    return rec.state.exit_code
+
+
+def restart_container(
+    paths: EnginePaths, name_or_id: str, *, timeout: float | None = None
+) -> ContainerRecord:
+    stop_container(paths, name_or_id, timeout=timeout)
+    rec, handle = start_container(paths, name_or_id)
+    if handle is not None:
+        handle.close()
+    with record_lock(paths, rec.id):
+        rec = load_record(paths, rec.id)
+        rec.restart_count += 1
+        save_record(paths, rec)
+    return rec
+
+
+# -- rm ---------------------------------------------------------------------------------------
+def remove_container(
+    paths: EnginePaths, name_or_id: str, *, force: bool = False
+) -> ContainerRecord:
+    """``docker rm``: a running container only with ``force`` (killed first). Removes the
+    mount, the runtime's state, the snapshots, and both of the container's dirs."""
+    rec = _match(paths, name_or_id)
+    rec = reconcile(paths, rec) if not rec.host_config.get("AutoRemove") else rec
+    if _is_live(rec):
+        if not force:
+            raise FailedPrecondition(
+                f"You cannot remove a running container {rec.id}. Stop the container before "
+                "attempting removal or force remove",
+                hint=f"use 'overunder rm -f {name_or_id}'",
+            )
+        with contextlib.suppress(OverunderError):
+            runtime_for(paths, rec.runtime).kill(rec.id, 9, all_processes=True)
+        _wait_exit(paths, rec, 10.0)
+    with containers_lock(paths), record_lock(paths, rec.id):
+        try:
+            rec = load_record(paths, rec.id)
+        except NotFound:
+            return rec
+        rd = run_dir(paths, rec.id)
+        if _is_live(rec) and read_exit(rd) is None and shim_alive(rd):
+            raise FailedPrecondition(f"container {rec.name} is still running after SIGKILL")
+        rec.state.status = State.REMOVING
+        save_record(paths, rec)
+        try:
+            unmount_rootfs(merged_dir(rd))
+            with contextlib.suppress(OverunderError):
+                runtime_for(paths, rec.runtime).delete(rec.id, force=True)
+            remove_snapshots(_image_stores(paths).snapshots, rec.snapshot_key, rec.init_key)
+        except BaseException:
+            rec.state.status = State.DEAD
+            save_record(paths, rec)
+            raise
+        shutil.rmtree(rd, ignore_errors=True)
+        cdir = container_dir(paths, rec.id)
+        # The record goes first (rename away), then the rest of the dir.
+        with contextlib.suppress(FileNotFoundError):
+            (cdir / "config.v2.json").unlink()
+        shutil.rmtree(cdir, ignore_errors=True)
+    return rec
+
+
+# -- exec -------------------------------------------------------------------------------------
+def exec_in_container(paths: EnginePaths, name_or_id: str, opts: ExecOptions) -> int:
+    """``docker exec``; the process's exit code (0 at once with ``detach``)."""
+    from overunder.runtime.exec import exec_process
+    from overunder.runtime.spec import DOCKER_CAPABILITIES
+
+    rec = find_container(paths, name_or_id)
+    if rec.state.status == State.PAUSED:
+        raise FailedPrecondition(f"Container {rec.id} is paused, unpause the container before exec")
+    if rec.state.status != State.RUNNING:
+        raise FailedPrecondition(
+            f"Container {rec.id} is not running",
+            hint=f"start it with 'overunder start {name_or_id}'",
+        )
+    rootfs = merged_dir(run_dir(paths, rec.id))
+    if opts.user is not None:
+        u = resolve_user(rootfs, opts.user)
+        uid, gid, extra, home = u.uid, u.gid, list(u.additional_gids), u.home
+    else:
+        uid, gid, extra, home = rec.uid, rec.gid, rec.additional_gids, ""
+    cwd = rec.config.get("WorkingDir") or "/"
+    if opts.workdir:
+        cwd = opts.workdir
+    cwd = resolve_workdir(rootfs, cwd, create=False)
+    env = merge_env(rec.process_env, _expand_env(opts.env))
+    if opts.tty:
+        env = merge_env(env, ["TERM=xterm"])
+    if home and not any(e.startswith("HOME=") for e in opts.env):
+        env = merge_env(env, [f"HOME={home}"])
+    elif not any(e.startswith("HOME=") for e in env):
+        env.append("HOME=/root")
+    process = build_process(
+        ProcessSpec(
+            args=opts.command,
+            env=env,
+            cwd=cwd,
+            uid=uid,
+            gid=gid,
+            additional_gids=extra,
+            terminal=opts.tty,
+            no_new_privileges=bool(rec.host_config.get("SecurityOpt")),
+            capabilities=DOCKER_CAPABILITIES,
+        )
+    )
+    rt = runtime_for(paths, rec.runtime)
+    return exec_process(
+        rt,
+        rec.id,
+        process,
+        work_dir=run_dir(paths, rec.id),
+        stdin=opts.interactive,
+        detach=opts.detach,
+    )
+
+
+# -- what others ask ---------------------------------------------------------------------------
+def images_in_use(paths: EnginePaths) -> dict[str, list[str]]:
+    """Image id → ids of the containers created from it (``rmi`` refuses those)."""
+    out: dict[str, list[str]] = {}
+    for r in list_records(paths):
+        out.setdefault(r.image_id, []).append(r.id)
+    return out
+
+
+def inspect_container(paths: EnginePaths, rec: ContainerRecord) -> dict[str, Any]:
+    from overunder.engine.container_inspect import container_json
+
+    return container_json(paths, reconcile(paths, rec))
+
+
+_ = ContainerState  # re-exported through container_record for callers that build states

@@ -1,0 +1,168 @@
+"""The background process of a ``fuse.overunder`` mount.
+
+Started by :func:`overunder.mount.fuse.mount_fuse` as ``python -m overunder.fuse.daemon CONFIG``
+with a pipe: it mounts, then writes one JSON line to the pipe (``{"ok": true, "pid": N}`` or
+``{"ok": false, "category": ..., "message": ..., "hint": ...}``), closes it and serves requests
+until the filesystem is unmounted (or SIGTERM/SIGINT, which unmount it first). Unexpected errors
+while serving become EIO for the caller and a line in the log, never the end of the process.
+"""
+
+from __future__ import annotations
+
+import gc
+import json
+import logging
+import os
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from overunder.errors import OverunderError
+from overunder.fuse.layers import Stack
+from overunder.fuse.trace import Tracer, trace_path_for
+from overunder.layerfs.whiteout import WhiteoutStyle, XattrNS, probe_capabilities
+
+__all__ = ["DaemonConfig", "build_stack", "main", "serve"]
+
+log = logging.getLogger("overunder.fuse")
+
+
+@dataclass(frozen=True, slots=True)
+class DaemonConfig:
+    lowerdirs: list[str]
+    upperdir: str | None
+    workdir: str | None
+    mountpoint: str
+    trace: str | None = None
+    debug: bool = False
+    fsname: str = "overlay"
+    userxattr: bool = False
+
+    def to_json(self) -> str:
+        return json.dumps(
+            {
+                "lowerdirs": self.lowerdirs,
+                "upperdir": self.upperdir,
+                "workdir": self.workdir,
+                "mountpoint": self.mountpoint,
+                "trace": self.trace,
+                "debug": self.debug,
+                "fsname": self.fsname,
+                "userxattr": self.userxattr,
+            }
+        )
+
+    @classmethod
+    def from_json(cls, text: str) -> DaemonConfig:
+        raw: dict[str, Any] = json.loads(text)
+        return cls(
+            lowerdirs=[str(p) for p in raw["lowerdirs"]],
+            upperdir=raw.get("upperdir"),
+            workdir=raw.get("workdir"),
+            mountpoint=str(raw["mountpoint"]),
+            trace=raw.get("trace"),
+            debug=bool(raw.get("debug")),
+            fsname=str(raw.get("fsname", "overlay")),
+            userxattr=bool(raw.get("userxattr")),
+        )
+
+
+def _upper_has_wh_files(upper: str) -> bool:
+    for _dirpath, dirnames, filenames in os.walk(upper):
+        if any(n.startswith(".wh.") for n in filenames) or any(
+            n.startswith(".wh.") for n in dirnames
+        ):
+            return True
+    return False
+
+
+def build_stack(cfg: DaemonConfig) -> Stack:
+    """The layer stack, with what this process may create in the upper dir probed: a 0/0
+    whiteout needs CAP_MKNOD (else ``.wh.<name>`` files), ``trusted.*`` needs CAP_SYS_ADMIN
+    (else ``user.overlay.*``)."""
+    style, ns = WhiteoutStyle.CHARDEV, XattrNS.TRUSTED
+    if cfg.upperdir is not None and cfg.workdir is not None:
+        style, ns = probe_capabilities(Path(cfg.workdir))
+        if cfg.userxattr:
+            ns = XattrNS.USER
+    return Stack(
+        cfg.lowerdirs,
+        cfg.upperdir,
+        cfg.workdir,
+        whiteout_style=style,
+        xattr_ns=ns,
+        upper_has_wh_files=cfg.upperdir is not None and _upper_has_wh_files(cfg.upperdir),
+    )
+
+
+def _report(fd: int | None, payload: dict[str, Any]) -> None:
+    if fd is None:
+        return
+    try:
+        os.write(fd, (json.dumps(payload) + "\n").encode())
+    finally:
+        os.close(fd)
+
+
+def _drop_pid_file(mountpoint: Path) -> None:
+    """Remove the pid file ``mount_fuse`` wrote for us, if it is still ours (``umount MNT``
+    by mount(8) never tells the mount package)."""
+    pid_file = trace_path_for(mountpoint).with_suffix(".pid")
+    try:
+        if int(pid_file.read_text().strip()) == os.getpid():
+            pid_file.unlink()
+    except (OSError, ValueError):
+        pass
+
+
+def serve(cfg: DaemonConfig, ready_fd: int | None) -> int:
+    """Mount and serve until unmounted; returns the exit status."""
+    from overunder.fuse.overlay import OverlayOperations, make_session
+
+    os.umask(0)  # modes arrive already masked by the kernel; apply them exactly
+    # Each request allocates a few short-lived objects and the node table grows to one object
+    # per inode: the default thresholds make full collections scan that table over and over.
+    gc.set_threshold(50_000, 20, 100)
+    tracer = Tracer(Path(cfg.trace) if cfg.trace else None)
+    try:
+        stack = build_stack(cfg)
+        ops = OverlayOperations(
+            stack, tracer, writeback=os.environ.get("OVERUNDER_FUSE_WRITEBACK") == "1"
+        )
+        session = make_session(ops, Path(cfg.mountpoint), fsname=cfg.fsname, debug=cfg.debug)
+        session.mount()
+    except OverunderError as err:
+        _report(ready_fd, {"ok": False, **err.to_dict()})
+        return 1
+    except OSError as err:
+        _report(
+            ready_fd,
+            {"ok": False, "category": "error", "message": f"{cfg.mountpoint}: {err}", "hint": None},
+        )
+        return 1
+
+    tracer.emit("mount", mountpoint=cfg.mountpoint, lowerdirs=cfg.lowerdirs, upperdir=cfg.upperdir)
+    try:
+        # The session unmounts on SIGTERM/SIGINT itself; ready once FUSE_INIT is answered.
+        session.run(on_ready=lambda: _report(ready_fd, {"ok": True, "pid": os.getpid()}))
+    finally:
+        tracer.emit("unmount", mountpoint=cfg.mountpoint)
+        tracer.close()
+        _drop_pid_file(Path(cfg.mountpoint))
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = sys.argv[1:] if argv is None else argv
+    cfg = DaemonConfig.from_json(args[0])
+    ready_fd = int(args[1]) if len(args) > 1 and args[1] != "-" else None
+    logging.basicConfig(
+        level=logging.DEBUG if cfg.debug else logging.WARNING,
+        format="%(asctime)s overunder-fuse[%(process)d] %(levelname)s %(message)s",
+    )
+    return serve(cfg, ready_fd)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

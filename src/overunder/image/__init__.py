@@ -1,0 +1,1 @@
+"""Images: manifests, configs, references and the image store."""

@@ -1,0 +1,523 @@
+"""The per-container supervisor (shim): a small process that outlives the CLI.
+
+``spawn_shim`` starts ``python -m overunder.runtime.shim_main STATE_DIR FD``; that process forks
+once more and the first child exits at once (so the shim is re-parented to init and never
+becomes a zombie of the caller), calls ``setsid`` and makes itself a *child subreaper*
+(``prctl(PR_SET_CHILD_SUBREAPER)``), so that the container's init, orphaned when ``runc create``
+exits, becomes its child and can be reaped. Then it:
+
+1. binds the published ports (a taken port fails the start, as in Docker);
+2. runs ``runc create`` with pipes (or a console socket, for ``-t``) as the container's stdio,
+   and ``runc start``; a failure is reported with runc's message and Docker's exit code
+   (127 not found, 126 not executable, 125 other) and leaves no runtime state behind;
+3. tells the caller ``{"ok": true, "pid": …}`` over the socketpair it was given (with the pty
+   master attached as SCM_RIGHTS, when there is a terminal, so that the caller can resize it);
+4. copies the container's output into the json-file log (and, when attached, to its own
+   stdout/stderr, which are the caller's), and serves the port proxy;
+5. reaps the container and writes ``exit.json`` atomically (exit code, 128+signal for a
+   signal, finish time), runs ``runc delete`` and, when attached, sends ``{"exit": N}``.
+
+Files in the state dir (volatile, under the run root): ``shim.json`` (this config),
+``shim.pid`` (pid and start time, so a recycled pid is not mistaken for the shim),
+``init.pid``, ``exit.json``, ``runc.log`` (runc's json log), ``shim.log`` (our diagnostics),
+and, while a terminal is handed over, a console socket in a temp dir.
+
+The shim never mounts or unmounts: the engine does that before start and after exit.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import json
+import os
+import socket
+import subprocess
+import sys
+import threading
+import time
+import traceback
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from overunder.errors import FailedPrecondition, OverunderError
+from overunder.runtime.console import ConsoleSocket
+from overunder.runtime.logs import LogWriter, format_timestamp
+from overunder.runtime.proxy import PortMapping, PortProxy
+from overunder.runtime.runc import (
+    RuntimeBinary,
+    StartError,
+    exit_code_for_start_error,
+    read_runtime_error,
+)
+
+__all__ = [
+    "ExitInfo",
+    "ShimConfig",
+    "ShimHandle",
+    "process_start_time",
+    "read_exit",
+    "shim_alive",
+    "spawn_shim",
+    "write_json_atomic",
+]
+
+PR_SET_CHILD_SUBREAPER = 36
+SHIM_MODULE = "overunder.runtime.shim_main"
+
+
+@dataclass(slots=True)
+class ShimConfig:
+    container_id: str
+    bundle: str
+    state_dir: str
+    log_path: str
+    runtime_name: str
+    runtime_path: str
+    runtime_root: str
+    ports: list[dict[str, object]] = field(default_factory=list)
+    network_host: bool = False
+    attach: bool = False  # tee output to the caller's stdout/stderr
+    stdin: bool = False  # give the container the caller's stdin (-i)
+    tty: bool = False
+
+    @property
+    def runtime(self) -> RuntimeBinary:
+        return RuntimeBinary(self.runtime_name, self.runtime_path, Path(self.runtime_root))
+
+
+@dataclass(frozen=True, slots=True)
+class ExitInfo:
+    exit_code: int
+    finished_at: str
+    error: str = ""
+
+
+def write_json_atomic(path: Path, value: Any, *, mode: int = 0o600) -> None:
+    """temp in the same dir → fsync → rename (→ fsync of the dir)."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
+    data = json.dumps(value, indent=1).encode()
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, mode)
+    try:
+        os.write(fd, data)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    os.replace(tmp, path)
+    dfd = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        os.fsync(dfd)
+    finally:
+        os.close(dfd)
+
+
+def process_start_time(pid: int) -> int | None:
+    """Field 22 of ``/proc/<pid>/stat`` (start time in clock ticks), None if gone."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    rest = stat[stat.rfind(")") + 2 :].split()
+    # rest[0] is field 3 (state); a zombie counts as gone.
+    if rest[0] == "Z":
+        return None
+    return int(rest[19])
+
+
+def shim_alive(state_dir: Path) -> bool:
+    """Is the shim recorded in ``state_dir`` still running (same pid *and* start time)?"""
+    try:
+        data = json.loads((state_dir / "shim.pid").read_text())
+    except (OSError, ValueError):
+        return False
+    pid = int(data.get("pid", 0))
+    return pid > 0 and process_start_time(pid) == data.get("start_time")
+
+
+def read_exit(state_dir: Path) -> ExitInfo | None:
+    try:
+        data = json.loads((state_dir / "exit.json").read_text())
+    except (OSError, ValueError):
+        return None
+    return ExitInfo(
+        exit_code=int(data["ExitCode"]),
+        finished_at=str(data["FinishedAt"]),
+        error=str(data.get("Error", "")),
+    )
+
+
+class _Messages:
+    """JSON lines from the shim, with any fds (SCM_RIGHTS) that came along. Keeps what was
+    read past a newline: the start and exit messages of a short-lived container often arrive
+    in one read."""
+
+    def __init__(self, sock: socket.socket) -> None:
+        self.sock = sock
+        self._buf = b""
+        self.fds: list[int] = []
+
+    def next(self) -> dict[str, Any] | None:
+        while b"\n" not in self._buf:
+            data, got_fds, _flags, _addr = socket.recv_fds(self.sock, 65536, 1)
+            self.fds.extend(got_fds)
+            if not data:
+                return None
+            self._buf += data
+        line, _, self._buf = self._buf.partition(b"\n")
+        value: dict[str, Any] = json.loads(line)
+        return value
+
+
+class ShimHandle:
+    """The caller's end: the start result, the pty master (``-t``) and, when attached, the
+    container's exit code."""
+
+    def __init__(
+        self, messages: _Messages, pid: int, ports: list[PortMapping], master: int | None
+    ) -> None:
+        self._messages = messages
+        self.pid = pid
+        self.ports = ports
+        self.master_fd = master
+
+    def wait_exit(self) -> int:
+        """Block until the shim reports the exit code (attached starts only)."""
+        msg = self._messages.next()
+        if msg is None or "exit" not in msg:
+            raise FailedPrecondition(
+                "the container's shim went away before reporting an exit code",
+                hint="see shim.log in the container's run directory",
+            )
+        return int(msg["exit"])
+
+    def close(self) -> None:
+        with contextlib.suppress(OSError):
+            self._messages.sock.close()
+        if self.master_fd is not None:
+            with contextlib.suppress(OSError):
+                os.close(self.master_fd)
+            self.master_fd = None
+
+
+def spawn_shim(
+    cfg: ShimConfig,
+    *,
+    stdin: int | None = None,
+    stdout: int | None = None,
+    stderr: int | None = None,
+    timeout: float = 60.0,
+) -> ShimHandle:
+    """Start the shim and wait until the container runs (or failed to start).
+
+    ``stdin``/``stdout``/``stderr`` are handed to the shim (attached runs); None gives it
+    /dev/null, so that a detached shim holds none of the caller's pipes open.
+
+    Raises :class:`StartError` with Docker's exit code when the process cannot start.
+    """
+    state = Path(cfg.state_dir)
+    write_json_atomic(state / "shim.json", asdict(cfg))
+    ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+    devnull = os.open(os.devnull, os.O_RDWR | os.O_CLOEXEC)
+    try:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", SHIM_MODULE, str(state), str(theirs.fileno())],
+            stdin=stdin if stdin is not None else devnull,
+            stdout=stdout if stdout is not None else devnull,
+            stderr=stderr if stderr is not None else devnull,
+            pass_fds=(theirs.fileno(),),
+            close_fds=True,
+            start_new_session=True,
+            cwd="/",
+        )
+    finally:
+        os.close(devnull)
+        theirs.close()
+    proc.wait()  # the first child exits right after forking the real shim
+    ours.settimeout(timeout)
+    messages = _Messages(ours)
+    fds = messages.fds
+    try:
+        msg = messages.next()
+    except (TimeoutError, OSError) as err:
+        ours.close()
+        raise FailedPrecondition(
+            f"the shim for {cfg.container_id[:12]} did not report a start: {err}",
+            hint=f"see {state / 'shim.log'}",
+        ) from err
+    ours.settimeout(None)
+    if msg is None:
+        ours.close()
+        log = state / "shim.log"
+        detail = log.read_text(errors="replace").strip().splitlines()[-1:] if log.exists() else []
+        raise FailedPrecondition(
+            f"the shim for {cfg.container_id[:12]} exited before starting the container"
+            + (f": {detail[0]}" if detail else ""),
+            hint=f"see {log}",
+        )
+    if not msg.get("ok"):
+        ours.close()
+        for fd in fds:
+            os.close(fd)
+        code = int(msg.get("code", 125))
+        if code == 125 and msg.get("kind") == "precondition":
+            raise FailedPrecondition(str(msg["error"]), hint=msg.get("hint"))
+        raise StartError(str(msg["error"]), code=code, hint=msg.get("hint"))
+    ports = [PortMapping.from_dict(p) for p in msg.get("ports", [])]
+    master = fds.pop(0) if fds else None
+    return ShimHandle(messages, int(msg["pid"]), ports, master)
+
+
+# ---------------------------------------------------------------------------------------------
+# The shim process itself.
+
+
+class _Shim:
+    def __init__(self, cfg: ShimConfig, sock: socket.socket) -> None:
+        self.cfg = cfg
+        self.sock = sock
+        self.state = Path(cfg.state_dir)
+        self.runtime = cfg.runtime
+        self.runc_log = self.state / "runc.log"
+        self.copiers: list[threading.Thread] = []
+        self.proxy = PortProxy([PortMapping.from_dict(p) for p in cfg.ports])
+        self.log: LogWriter | None = None
+        self.attached = cfg.attach
+
+    def send(self, msg: dict[str, Any], fds: list[int] | None = None) -> None:
+        data = (json.dumps(msg) + "\n").encode()
+        try:
+            if fds:
+                socket.send_fds(self.sock, [data], fds)
+            else:
+                self.sock.sendall(data)
+        except OSError:
+            self.attached = False  # the caller went away; the container carries on
+
+    def fail(self, err: OverunderError, code: int = 125) -> None:
+        kind = "precondition" if isinstance(err, FailedPrecondition) else "start"
+        self.send({"ok": False, "error": err.message, "hint": err.hint, "code": code, "kind": kind})
+
+    def _tee(self, fd: int, data: bytes) -> None:
+        if not self.attached:
+            return
+        try:
+            view = memoryview(data)
+            while view:
+                n = os.write(fd, view)
+                view = view[n:]
+        except OSError:
+            pass
+
+    def _copy(self, src: int, stream: str, tee_fd: int) -> None:
+        assert self.log is not None
+        try:
+            while True:
+                try:
+                    data = os.read(src, 65536)
+                except OSError:
+                    break  # EIO on a pty master once the last slave fd closes
+                if not data:
+                    break
+                self.log.write(stream, data)
+                self._tee(tee_fd, data)
+        finally:
+            self.log.flush(stream)
+            os.close(src)
+
+    def _feed_stdin(self, master: int) -> None:
+        try:
+            while True:
+                data = os.read(0, 65536)
+                if not data:
+                    break
+                os.write(master, data)
+        except OSError:
+            pass
+
+    def run(self) -> int:
+        cfg = self.cfg
+        try:
+            self.proxy.bind()
+        except OverunderError as err:
+            self.fail(err)
+            return 1
+        self.log = LogWriter(Path(cfg.log_path))
+        pid_file = self.state / "init.pid"
+        with contextlib.suppress(FileNotFoundError):
+            pid_file.unlink()
+        with contextlib.suppress(FileNotFoundError):
+            self.runc_log.unlink()
+        create = [
+            *self.runtime.base(log=self.runc_log),
+            "create",
+            "--bundle",
+            cfg.bundle,
+            "--pid-file",
+            str(pid_file),
+        ]
+        console: ConsoleSocket | None = None
+        out_r = err_r = -1
+        devnull = os.open(os.devnull, os.O_RDWR | os.O_CLOEXEC)
+        if cfg.tty:
+            console = ConsoleSocket()
+            create += ["--console-socket", str(console.path)]
+            stdio = (devnull, devnull, devnull)
+        else:
+            out_r, out_w = os.pipe2(os.O_CLOEXEC)
+            err_r, err_w = os.pipe2(os.O_CLOEXEC)
+            stdio = (0 if cfg.stdin else devnull, out_w, err_w)
+        create.append(cfg.container_id)
+        rc = subprocess.run(
+            create,
+            stdin=stdio[0],
+            stdout=stdio[1],
+            stderr=stdio[2],
+            close_fds=True,
+            check=False,
+        ).returncode
+        if not cfg.tty:
+            os.close(out_w)
+            os.close(err_w)
+        os.close(devnull)
+        if rc != 0:
+            message = read_runtime_error(self.runc_log) or f"{self.runtime.name} create failed"
+            self.send_start_failure(message)
+            for fd in (out_r, err_r):
+                if fd >= 0:
+                    os.close(fd)
+            if console is not None:
+                console.close()
+            self.cleanup_runtime()
+            return 1
+        pid = int(pid_file.read_text().strip())
+        master: int | None = None
+        if console is not None:
+            try:
+                master = console.receive()
+            except OverunderError as err:
+                self.fail(err)
+                self.kill_and_cleanup(pid)
+                return 1
+            finally:
+                console.close()
+            self._start_copier(master, "stdout", 1)
+            if cfg.stdin:
+                threading.Thread(target=self._feed_stdin, args=(master,), daemon=True).start()
+        else:
+            self._start_copier(out_r, "stdout", 1)
+            self._start_copier(err_r, "stderr", 2)
+        try:
+            self.runtime.start(cfg.container_id)
+        except OverunderError as err:
+            message = read_runtime_error(self.runc_log) or err.message
+            self.send_start_failure(message)
+            self.kill_and_cleanup(pid)
+            return 1
+        started_at = format_timestamp()
+        try:
+            self.proxy.start(None if cfg.network_host else f"/proc/{pid}/ns/net")
+        except OSError as err:
+            self.fail(FailedPrecondition(f"cannot publish ports: {err}"))
+            self.kill_and_cleanup(pid)
+            return 1
+        ok = {
+            "ok": True,
+            "pid": pid,
+            "started_at": started_at,
+            "ports": [m.to_dict() for m in self.proxy.mappings],
+        }
+        self.send(ok, [master] if master is not None and cfg.attach else None)
+        if master is not None and not cfg.attach:
+            pass  # a detached terminal: nobody resizes it; the log still records it
+        status = self.reap(pid)
+        for t in self.copiers:
+            t.join(timeout=5)
+        self.log.close()
+        write_json_atomic(
+            self.state / "exit.json",
+            {"ExitCode": status, "FinishedAt": format_timestamp(), "Error": ""},
+        )
+        self.proxy.close()
+        with contextlib.suppress(OverunderError, subprocess.SubprocessError):
+            self.runtime.delete(cfg.container_id, force=True)
+        self.send({"exit": status})
+        return 0
+
+    def send_start_failure(self, message: str) -> None:
+        code = exit_code_for_start_error(message)
+        hint = {
+            127: "check the command's name and the image's PATH",
+            126: "the command must be an executable file in the image",
+        }.get(code, f"see {self.runc_log}")
+        self.fail(StartError(message, code=code, hint=hint), code)
+
+    def _start_copier(self, fd: int, stream: str, tee_fd: int) -> None:
+        t = threading.Thread(target=self._copy, args=(fd, stream, tee_fd), daemon=True)
+        t.start()
+        self.copiers.append(t)
+
+    def reap(self, pid: int) -> int:
+        """Wait for the container's init; reap every other orphan that comes our way."""
+        while True:
+            try:
+                got, status = os.waitpid(-1, 0)
+            except ChildProcessError:
+                # Not our child (should not happen: we are its subreaper); poll instead.
+                while process_start_time(pid) is not None:
+                    time.sleep(0.05)
+                return 137
+            except InterruptedError:
+                continue
+            if got == pid:
+                code = os.waitstatus_to_exitcode(status)
+                return 128 - code if code < 0 else code
+
+    def kill_and_cleanup(self, pid: int) -> None:
+        with contextlib.suppress(OverunderError, subprocess.SubprocessError):
+            self.runtime.kill(self.cfg.container_id, 9)
+        with contextlib.suppress(ChildProcessError, OSError):
+            os.waitpid(pid, 0)
+        self.cleanup_runtime()
+        self.proxy.close()
+
+    def cleanup_runtime(self) -> None:
+        with contextlib.suppress(OverunderError, subprocess.SubprocessError):
+            self.runtime.delete(self.cfg.container_id, force=True)
+
+
+def _daemonize_and_run(state_dir: Path, sock_fd: int) -> int:
+    if os.fork() != 0:
+        os._exit(0)
+    with contextlib.suppress(OSError):
+        os.setsid()
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)
+    log_fd = os.open(
+        state_dir / "shim.log", os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o600
+    )
+    sys.stderr = open(log_fd, "w", buffering=1, closefd=True)  # noqa: SIM115
+    start = process_start_time(os.getpid())
+    write_json_atomic(state_dir / "shim.pid", {"pid": os.getpid(), "start_time": start})
+    sock = socket.socket(fileno=sock_fd)
+    try:
+        cfg = ShimConfig(**json.loads((state_dir / "shim.json").read_text()))
+        return _Shim(cfg, sock).run()
+    except Exception as err:
+        traceback.print_exc(file=sys.stderr)
+        with contextlib.suppress(OSError):
+            msg = {
+                "ok": False,
+                "error": f"the shim failed: {type(err).__name__}: {err}",
+                "hint": f"see {state_dir / 'shim.log'}",
+                "code": 125,
+            }
+            sock.sendall((json.dumps(msg) + "\n").encode())
+        return 1
+
+
+def main(argv: list[str]) -> int:
+    if len(argv) != 2:
+        sys.stderr.write("usage: python -m overunder.runtime.shim STATE_DIR FD\n")
+        return 2
+    return _daemonize_and_run(Path(argv[0]), int(argv[1]))

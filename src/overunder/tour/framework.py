@@ -1,0 +1,219 @@
+"""A small framework for replaying a tutorial for real.
+
+A :class:`Step` is what the tutorial shows a person: one or more commands as they would type
+them (printed as ``$ cmd``), the real output of running them, and one or two lines saying what
+to notice. Commands run in ``bash`` inside the tour's project directory, with ``overunder``
+bound to this very installation. A :class:`Tour` runs a list of steps, reports each one through
+callbacks (library code never prints), and always cleans up what it made, even after an error
+or Ctrl-C: everything mounted under its directory is unmounted, then the directory is removed.
+"""
+
+from __future__ import annotations
+
+import os
+import shlex
+import shutil
+import subprocess
+import sys
+import tempfile
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from overunder.errors import FailedPrecondition, InvalidArgument, OverunderError
+
+__all__ = [
+    "CommandResult",
+    "Step",
+    "StepResult",
+    "Tour",
+    "TourEnv",
+]
+
+
+@dataclass(frozen=True)
+class TourEnv:
+    """Where a tour runs: ``base`` is the scratch dir it owns and removes at the end;
+    ``project`` is the tutorial's project dir (``/home/over-under`` in the text) inside it."""
+
+    base: Path
+    project: Path
+    mount_type: str = "overlay"
+
+
+@dataclass(frozen=True)
+class Step:
+    """One tutorial step.
+
+    ``commands`` are shell lines run in order in ``cwd`` (default: the project dir once it
+    exists, else the base dir). ``expect_failure`` is the index of a command the tutorial
+    shows failing (a refused ``rm -rf``): it must fail, and its error is the output.
+    ``shown`` replaces a command's text on screen when the tutorial's own line cannot be run
+    as is (``sudo su -``); the real command still runs and its output is shown.
+    """
+
+    number: str
+    title: str
+    commands: tuple[str, ...]
+    notice: str
+    expect_failure: int | None = None
+    cwd: Path | None = None
+    shown: tuple[str, ...] | None = None
+
+
+@dataclass(frozen=True)
+class CommandResult:
+    command: str
+    output: str
+    exit_code: int
+
+    def to_dict(self) -> dict[str, object]:
+        return {"Command": self.command, "Output": self.output, "ExitCode": self.exit_code}
+
+
+@dataclass(frozen=True)
+class StepResult:
+    step: Step
+    results: tuple[CommandResult, ...] = field(default_factory=tuple)
+
+    def to_dict(self) -> dict[str, object]:
+        return {
+            "Step": self.step.number,
+            "Title": self.step.title,
+            "Commands": [r.to_dict() for r in self.results],
+            "Notice": self.step.notice,
+        }
+
+
+def _shell_prelude() -> str:
+    """Make ``overunder`` in a step run this installation, whatever PATH says."""
+    python = shlex.quote(sys.executable)
+    return f'overunder() {{ {python} -m overunder "$@"; }}\n'
+
+
+class Tour:
+    """Runs steps in ``env``; ``on_step`` is called before each step (to print its header or
+    pause), ``on_command`` after each command with its result, ``on_done`` after the step."""
+
+    leftovers: list[str]
+
+    def __init__(
+        self,
+        env: TourEnv,
+        *,
+        on_step: Callable[[Step], None] | None = None,
+        on_command: Callable[[Step, CommandResult], None] | None = None,
+        on_done: Callable[[StepResult], None] | None = None,
+        timeout: float = 60.0,
+    ) -> None:
+        self.env = env
+        self.on_step = on_step
+        self.on_command = on_command
+        self.on_done = on_done
+        self.timeout = timeout
+        self.leftovers = []
+
+    @staticmethod
+    def make_env(directory: Path | None, *, mount_type: str = "overlay") -> TourEnv:
+        """A fresh base dir: ``directory`` (created; it must not hold anything yet) or a new
+        temp dir under /tmp. The project dir is ``<base>/over-under``."""
+        if directory is None:
+            base = Path(tempfile.mkdtemp(prefix="overunder-tour-"))
+        else:
+            base = Path(os.path.abspath(directory))
+            if base.exists() and (not base.is_dir() or any(base.iterdir())):
+                raise InvalidArgument(
+                    f"--dir {base} exists and is not empty",
+                    hint="give a new or empty directory: the tour removes it when it ends",
+                )
+            base.mkdir(parents=True, exist_ok=True)
+        # mkdtemp gives 0700; the tutorial's project is an ordinary 0755 tree.
+        base.chmod(0o755)
+        return TourEnv(base=base, project=base / "over-under", mount_type=mount_type)
+
+    def run(self, steps: Sequence[Step]) -> list[StepResult]:
+        """Run every step; cleans up (unmount, remove the base dir) however it ends."""
+        done: list[StepResult] = []
+        try:
+            for step in steps:
+                if self.on_step is not None:
+                    self.on_step(step)
+                result = self._run_step(step)
+                done.append(result)
+                if self.on_done is not None:
+                    self.on_done(result)
+        finally:
+            self.leftovers = self.cleanup()
+        return done
+
+    def _run_step(self, step: Step) -> StepResult:
+        results: list[CommandResult] = []
+        shown = step.shown or step.commands
+        for i, (command, display) in enumerate(zip(step.commands, shown, strict=True)):
+            cwd = step.cwd or (self.env.project if self.env.project.is_dir() else self.env.base)
+            try:
+                proc = subprocess.run(
+                    ["bash", "-c", _shell_prelude() + command],
+                    cwd=cwd,
+                    stdin=subprocess.DEVNULL,
+                    stdout=subprocess.PIPE,
+                    stderr=subprocess.STDOUT,
+                    text=True,
+                    errors="replace",
+                    timeout=self.timeout,
+                    check=False,
+                )
+            except subprocess.TimeoutExpired as err:
+                raise FailedPrecondition(
+                    f"step {step.number}: '{display}' did not finish within {self.timeout:.0f}s",
+                    hint="something on this host is hanging; 'overunder doctor' may say what",
+                ) from err
+            res = CommandResult(display, proc.stdout, proc.returncode)
+            results.append(res)
+            if self.on_command is not None:
+                self.on_command(step, res)
+            if step.expect_failure == i:
+                if proc.returncode == 0:
+                    raise FailedPrecondition(
+                        f"step {step.number}: '{display}' was expected to fail but succeeded",
+                        hint="the tour's assumption about this host does not hold; "
+                        "please report it",
+                    )
+            elif proc.returncode != 0:
+                raise FailedPrecondition(
+                    f"step {step.number}: '{display}' failed (exit {proc.returncode}): "
+                    + (proc.stdout.strip().splitlines() or ["no output"])[-1],
+                    hint="run 'overunder doctor' to check this host; --debug for details",
+                )
+        return StepResult(step, tuple(results))
+
+    def cleanup(self) -> list[str]:
+        """Unmount everything under the base dir (deepest first; lazily if still busy), then
+        remove it. Never raises: returns what could not be cleaned up (for a warning). A dir
+        with a mount still below it is left alone, so removal never reaches through a mount
+        into someone's layers."""
+        from overunder.mount import unmount
+        from overunder.mount.mountinfo import read_mountinfo
+
+        base = os.path.realpath(self.env.base)
+        for _ in range(3):
+            targets = sorted(
+                {e.target for e in read_mountinfo() if e.target.startswith(base + "/")},
+                key=len,
+                reverse=True,
+            )
+            if not targets:
+                break
+            for target in targets:
+                try:
+                    unmount(Path(target))
+                except OverunderError:
+                    try:
+                        unmount(Path(target), lazy=True)
+                    except OverunderError:
+                        continue
+        left = [e.target for e in read_mountinfo() if e.target.startswith(base + "/")]
+        if left:
+            return [f"still mounted: {t}" for t in left] + [f"left in place: {self.env.base}"]
+        shutil.rmtree(self.env.base, ignore_errors=True)
+        return [f"could not remove {self.env.base}"] if self.env.base.exists() else []

@@ -1,0 +1,661 @@
+"""Container verbs end to end through the CLI, on real runc and the real overlay (kernel and
+FUSE). One busybox image per session; every container is removed in teardown."""
+
+from __future__ import annotations
+
+import json
+import os
+import select
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from conftest import require, require_binary, require_fuse, require_overlay, require_root
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "runtime"))
+import g_busybox
+
+IMAGE = "busybox:test"
+DRIVERS = ["overlay", "fuse"]
+
+
+def _require_driver(driver: str) -> None:
+    require_root()
+    require_binary("runc")
+    require_overlay()
+    if driver == "fuse":
+        require_fuse()
+        try:
+            import overunder.mount.fuse  # noqa: F401
+        except ImportError:
+            require(False, "the fuse.overunder driver (overunder.mount.fuse)")
+
+
+@pytest.fixture(scope="session")
+def engine(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """An engine root holding the busybox test image; everything removed at the end."""
+    if os.geteuid() != 0:
+        pytest.skip("needs root")
+    base = tmp_path_factory.mktemp("g-engine")
+    root = base / "root"
+    g_busybox.build_image(root, IMAGE, work=base)
+    yield root
+    env = {**os.environ, "OVERUNDER_ROOT": str(root)}
+    ids = subprocess.run(
+        [sys.executable, "-m", "overunder", "ps", "-aq", "--no-trunc"],
+        capture_output=True,
+        text=True,
+        env=env,
+        check=False,
+    ).stdout.split()
+    if ids:
+        subprocess.run(
+            [sys.executable, "-m", "overunder", "rm", "-f", *ids],
+            capture_output=True,
+            env=env,
+            check=False,
+        )
+    for line in Path("/proc/self/mountinfo").read_text().splitlines():
+        target = line.split()[4]
+        if target.startswith(str(root)):
+            subprocess.run(["umount", "-l", target], check=False)
+
+
+def ou(
+    engine: Path, *args: str, timeout: float = 60, input: str | None = None
+) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "OVERUNDER_ROOT": str(engine)}
+    env.pop("OVERUNDER_RUN_ROOT", None)
+    return subprocess.run(
+        [sys.executable, "-m", "overunder", *args],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=timeout,
+        check=False,
+        input=input,
+    )
+
+
+def inspect(engine: Path, name: str) -> dict[str, object]:
+    r = ou(engine, "inspect", name)
+    assert r.returncode == 0, r.stderr
+    data: list[dict[str, object]] = json.loads(r.stdout)
+    return data[0]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+@pytest.fixture
+def names(engine: Path) -> Iterator[list[str]]:
+    """Container names a test creates; force-removed afterwards, pass or fail."""
+    created: list[str] = []
+    yield created
+    if created:
+        ou(engine, "rm", "-f", *created)
+
+
+# -- the core suite, on both drivers -----------------------------------------------------------
+@pytest.mark.parametrize("driver", DRIVERS)
+def test_run_rm_exit_code_and_streams(engine: Path, driver: str) -> None:
+    _require_driver(driver)
+    r = ou(
+        engine,
+        "run",
+        "--rm",
+        "--network",
+        "none",
+        "--storage-driver",
+        driver,
+        IMAGE,
+        "sh",
+        "-c",
+        "echo out; echo err >&2; exit 3",
+    )
+    assert r.returncode == 3, r.stderr
+    assert r.stdout == "out\n"
+    assert r.stderr == "err\n"
+    assert ou(engine, "ps", "-aq").stdout == ""
+
+
+@pytest.mark.parametrize("driver", DRIVERS)
+def test_detached_exec_logs_stop(engine: Path, driver: str, names: list[str]) -> None:
+    _require_driver(driver)
+    name = f"core-{driver}"
+    names.append(name)
+    r = ou(
+        engine,
+        "run",
+        "-d",
+        "--name",
+        name,
+        "--network",
+        "none",
+        "--storage-driver",
+        driver,
+        "-e",
+        "GREETING=hi",
+        IMAGE,
+        "sh",
+        "-c",
+        "echo started; echo oops >&2; exec sleep 1000",
+    )
+    assert r.returncode == 0, r.stderr
+    cid = r.stdout.strip()
+    assert len(cid) == 64
+    # exec round trip: env, -e, -w, -u
+    r = ou(
+        engine,
+        "exec",
+        "-e",
+        "FOO=bar",
+        "-w",
+        "/tmp",
+        "-u",
+        "1000",
+        name,
+        "sh",
+        "-c",
+        "echo $GREETING $FOO $HOSTNAME $(pwd) $(id -u); exit 5",
+    )
+    assert r.returncode == 5
+    assert r.stdout == f"hi bar {cid[:12]} /tmp 1000\n"
+    r = ou(engine, "exec", "-i", name, "cat", input="piped\n")
+    assert r.stdout == "piped\n"
+    r = ou(engine, "logs", name)
+    assert (r.stdout, r.stderr) == ("started\n", "oops\n")
+    ps = ou(engine, "ps")
+    assert name in ps.stdout
+    assert "Up " in ps.stdout
+    data = inspect(engine, name)
+    gd = data["GraphDriver"]
+    assert isinstance(gd, dict)
+    assert gd["Name"] == ("overlay" if driver == "overlay" else "fuse.overunder")
+    merged = Path(gd["Data"]["MergedDir"])
+    assert os.path.ismount(merged)
+    # stop: sleep as PID 1 ignores SIGTERM, so -t 1 ends in SIGKILL after ~1 s
+    t0 = time.monotonic()
+    r = ou(engine, "stop", "-t", "1", cid[:12])
+    took = time.monotonic() - t0
+    assert r.returncode == 0
+    assert r.stdout == cid[:12] + "\n"  # printed as given
+    assert 0.9 < took < 5
+    state = inspect(engine, name)["State"]
+    assert isinstance(state, dict)
+    assert state["Status"] == "exited"
+    assert state["ExitCode"] == 137
+    assert not merged.exists()
+    assert "Exited (137)" in ou(engine, "ps", "-a").stdout
+    assert ou(engine, "stop", name).returncode == 0  # stopping again is fine
+
+
+@pytest.mark.parametrize("driver", DRIVERS)
+def test_published_port_reaches_server(engine: Path, driver: str, names: list[str]) -> None:
+    _require_driver(driver)
+    name = f"web-{driver}"
+    names.append(name)
+    port = free_port()
+    r = ou(
+        engine,
+        "run",
+        "-d",
+        "--name",
+        name,
+        "-p",
+        f"{port}:3000",
+        "--storage-driver",
+        driver,
+        IMAGE,
+        "httpd",
+        "-f",
+        "-p",
+        "3000",
+        "-h",
+        "/var/www",
+    )
+    assert r.returncode == 0, r.stderr
+    body = b""
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline:
+        try:
+            body = urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=2).read()
+            break
+        except OSError:
+            time.sleep(0.05)
+    assert body == b"hello from overunder\n"
+    assert f"127.0.0.1:{port}->3000/tcp" in ou(engine, "ps").stdout
+    ports = inspect(engine, name)["NetworkSettings"]
+    assert isinstance(ports, dict)
+    assert ports["Ports"] == {"3000/tcp": [{"HostIp": "127.0.0.1", "HostPort": str(port)}]}
+
+
+@pytest.mark.parametrize("driver", DRIVERS)
+def test_rm_removes_mounts_and_dirs(engine: Path, driver: str) -> None:
+    _require_driver(driver)
+    r = ou(
+        engine, "run", "-d", "--network", "none", "--storage-driver", driver, IMAGE, "sleep", "1000"
+    )
+    cid = r.stdout.strip()
+    data = inspect(engine, cid)
+    gd = data["GraphDriver"]
+    assert isinstance(gd, dict)
+    dirs = [Path(gd["Data"][k]) for k in ("MergedDir", "UpperDir", "WorkDir")]
+    init_dir = Path(str(gd["Data"]["LowerDir"]).split(":")[0])
+    assert all(d.exists() for d in [*dirs, init_dir])
+    r = ou(engine, "rm", cid)
+    assert r.returncode == 1
+    assert f"You cannot remove a running container {cid}" in r.stderr
+    assert ou(engine, "rm", "-f", cid).stdout == cid + "\n"
+    assert not any(d.exists() for d in [*dirs, init_dir])
+    assert str(dirs[0]) not in Path("/proc/self/mountinfo").read_text()
+    assert not (engine / "containers" / cid).exists()
+    assert not (engine / "run" / "containers" / cid).exists()
+    r = ou(engine, "inspect", cid)
+    assert r.returncode == 1
+    assert r.stdout.strip() == "[]"
+
+
+# -- behaviour that does not depend on the driver ------------------------------------------------
+def test_start_failures_exit_codes_and_created_state(engine: Path, names: list[str]) -> None:
+    _require_driver("overlay")
+    for cmd, code, text in [
+        ("nosuchcmd", 127, 'exec: "nosuchcmd": executable file not found in $PATH'),
+        ("/no/such/binary", 127, "no such file or directory"),
+        ("/etc/passwd", 126, 'exec: "/etc/passwd": permission denied'),
+    ]:
+        name = f"fail{code}-{len(names)}"
+        names.append(name)
+        r = ou(engine, "run", "--name", name, "--network", "none", IMAGE, cmd)
+        assert r.returncode == code, r.stderr
+        assert text in r.stderr
+        state = inspect(engine, name)["State"]
+        assert isinstance(state, dict)
+        assert state["Status"] == "created"
+        assert state["ExitCode"] == code
+        assert text in str(state["Error"])
+        assert state["Pid"] == 0
+        assert ou(engine, "logs", name).stdout == ""
+    assert "Created" in ou(engine, "ps", "-a").stdout
+    # exec into a container that is not running
+    r = ou(engine, "exec", names[0], "true")
+    assert r.returncode == 1
+    assert "is not running" in r.stderr
+    # exec of a missing command: Docker's text on stdout, 126
+    names.append("execfail")
+    ou(engine, "run", "-d", "--name", "execfail", "--network", "none", IMAGE, "sleep", "1000")
+    r = ou(engine, "exec", "execfail", "nosuchcmd")
+    assert r.returncode == 126
+    assert r.stdout.startswith("OCI runtime exec failed: exec failed: unable to start container")
+    assert r.stderr == ""
+
+
+def test_engine_errors_are_125_and_unknown_containers(engine: Path, names: list[str]) -> None:
+    _require_driver("overlay")
+    r = ou(engine, "run", "--pull", "never", "nosuch/image:404", "true")
+    assert r.returncode == 125
+    assert "No such image: nosuch/image:404" in r.stderr
+    names.append("dup")
+    assert (
+        ou(
+            engine, "run", "-d", "--name", "dup", "--network", "none", IMAGE, "sleep", "100"
+        ).returncode
+        == 0
+    )
+    r = ou(engine, "run", "-d", "--name", "dup", "--network", "none", IMAGE, "sleep", "100")
+    assert r.returncode == 125
+    assert 'Conflict. The container name "/dup" is already in use by container' in r.stderr
+    r = ou(engine, "run", "--runtime", "crun", "--network", "none", IMAGE, "true")
+    assert r.returncode == 125
+    assert "crun" in r.stderr
+    r = ou(engine, "run", "-w", "/proc/self/fd/3", "--network", "none", IMAGE, "true")
+    assert r.returncode == 125
+    assert "/proc" in r.stderr
+    for verb in (
+        ["stop"],
+        ["start"],
+        ["kill"],
+        ["wait"],
+        ["rm"],
+        ["logs"],
+        ["restart"],
+        ["exec", "nosuch", "true"],
+    ):
+        args = verb if verb[0] == "exec" else [*verb, "nosuch"]
+        r = ou(engine, *args)
+        assert r.returncode == 1, verb
+        assert "No such container: nosuch" in r.stderr, verb
+    assert ou(engine, "rm", "-f", "nosuch").returncode == 0
+
+
+def test_isolation_defaults(engine: Path) -> None:
+    _require_driver("overlay")
+    script = (
+        "grep CapBnd /proc/self/status; ls /proc/self/fd | tr '\\n' ' '; echo; "
+        "cat /proc/kcore | wc -c; echo x > /proc/sys/kernel/hostname 2>&1 || echo ro-sys; "
+        "ip -o link | cut -d: -f2; cat /proc/self/status | grep Seccomp:; "
+        "touch /etc/newfile; ls -l /etc/mtab /.dockerenv | cut -c1"
+    )
+    r = ou(engine, "run", "--rm", IMAGE, "sh", "-c", script)
+    assert r.returncode == 0, r.stderr
+    lines = r.stdout.splitlines()
+    assert lines[0].split()[1] == "00000000a80425fb"  # Docker's 14 capabilities
+    assert lines[1].split() == ["0", "1", "2", "3"]  # no leaked host fds (3 = ls's own dir)
+    assert lines[2].strip() == "0"  # /proc/kcore masked
+    assert "ro-sys" in r.stdout
+    assert [x.strip() for x in lines[4:5]] == ["lo"]
+    assert "Seccomp:\t2" in r.stdout
+    r = ou(
+        engine,
+        "run",
+        "--rm",
+        "--read-only",
+        "--network",
+        "none",
+        IMAGE,
+        "sh",
+        "-c",
+        "touch /x 2>&1; echo rc=$?",
+    )
+    assert "Read-only file system" in r.stdout
+
+
+def test_init_layer_hidden_from_upper(engine: Path, names: list[str]) -> None:
+    _require_driver("overlay")
+    names.append("initl")
+    ou(
+        engine,
+        "run",
+        "-d",
+        "--name",
+        "initl",
+        "--network",
+        "none",
+        "-h",
+        "myhost",
+        IMAGE,
+        "sleep",
+        "1000",
+    )
+    r = ou(
+        engine,
+        "exec",
+        "initl",
+        "sh",
+        "-c",
+        "echo 1.2.3.4 x >> /etc/hosts; echo n > /etc/hostname; cat /etc/hostname; "
+        "echo $HOSTNAME; echo > /dev/shm/x; rm /etc/localtime",
+    )
+    assert r.stdout == "n\nmyhost\n"
+    data = inspect(engine, "initl")
+    gd = data["GraphDriver"]
+    assert isinstance(gd, dict)
+    upper = Path(gd["Data"]["UpperDir"])
+    found = sorted(str(p.relative_to(upper)) for p in upper.rglob("*"))
+    assert found == ["etc", "etc/localtime"]
+    assert os.stat(upper / "etc/localtime").st_rdev == 0
+    lowers = str(gd["Data"]["LowerDir"]).split(":")
+    assert lowers[0].endswith("/fs")
+    init = Path(lowers[0])
+    assert (init / ".dockerenv").exists()
+    assert os.readlink(init / "etc/mtab") == "/proc/mounts"
+    assert (Path(lowers[1]) / "etc/localtime").read_bytes() == b"TZif2UTC0\n"
+    assert Path(str(data["HostnamePath"])).read_text() == "n\n"
+    mode = os.stat(engine / "containers").st_mode & 0o777
+    assert mode == 0o700
+
+
+def test_logs_follow_tail_timestamps(engine: Path, names: list[str]) -> None:
+    _require_driver("overlay")
+    names.append("logsf")
+    ou(
+        engine,
+        "run",
+        "-d",
+        "--name",
+        "logsf",
+        "--network",
+        "none",
+        IMAGE,
+        "sh",
+        "-c",
+        "echo one; sleep 0.5; echo two >&2; sleep 0.5; printf three",
+    )
+    r = ou(engine, "logs", "-f", "logsf", timeout=20)
+    assert r.stdout == "one\nthree"
+    assert r.stderr == "two\n"
+    r = ou(engine, "logs", "--tail", "1", "logsf")
+    assert r.stdout == "three"
+    r = ou(engine, "logs", "-t", "logsf")
+    first = r.stdout.split(" ", 1)
+    assert first[0].endswith("Z")
+    assert len(first[0]) == len("2026-11-27T02:16:10.211025170Z")
+    assert first[1].startswith("one")
+    assert ou(engine, "wait", "logsf").stdout == "0\n"
+
+
+def test_shim_outlives_cli_and_killed_shim_is_noticed(engine: Path, names: list[str]) -> None:
+    _require_driver("overlay")
+    names.append("orphan")
+    r = ou(engine, "run", "-d", "--name", "orphan", "--network", "none", IMAGE, "sleep", "1000")
+    cid = r.stdout.strip()
+    shim = json.loads((engine / "run" / "containers" / cid / "shim.pid").read_text())["pid"]
+    # The CLI that started it has exited; the shim is not our child and keeps it running.
+    assert Path(f"/proc/{shim}").exists()
+    assert int(Path(f"/proc/{shim}/stat").read_text().split(")")[1].split()[1]) != os.getpid()
+    state = inspect(engine, "orphan")["State"]
+    assert isinstance(state, dict)
+    assert state["Running"] is True
+    pid = int(str(state["Pid"]))
+    os.kill(shim, signal.SIGKILL)
+    deadline = time.monotonic() + 5
+    while Path(f"/proc/{shim}").exists() and time.monotonic() < deadline:
+        time.sleep(0.02)
+    state = inspect(engine, "orphan")["State"]
+    assert isinstance(state, dict)
+    assert state["Status"] == "exited"
+    assert "shim" in str(state["Error"])
+    assert (
+        not Path(f"/proc/{pid}/stat").exists()
+        or "Z" in Path(f"/proc/{pid}/stat").read_text().split(")")[1].split()[0]
+    )
+    assert "orphan" not in ou(engine, "ps").stdout
+
+
+def test_no_zombies_and_no_shims_left(engine: Path) -> None:
+    _require_driver("overlay")
+    for _ in range(3):
+        assert ou(engine, "run", "--rm", "--network", "none", IMAGE, "true").returncode == 0
+    zombies = []
+    shims = []
+    for d in Path("/proc").iterdir():
+        if not d.name.isdigit():
+            continue
+        try:
+            stat = (d / "stat").read_text()
+            cmd = (d / "cmdline").read_bytes()
+        except OSError:
+            continue
+        fields = stat.rsplit(")", 1)[1].split()
+        if fields[0] == "Z" and int(fields[1]) == os.getpid():
+            zombies.append(d.name)
+        if b"overunder.runtime.shim_main" in cmd and str(engine).encode() in cmd:
+            shims.append(d.name)
+    assert zombies == []
+    live = ou(engine, "ps", "-q").stdout.split()
+    assert len(shims) == len(live)
+
+
+def test_resources_land_in_cgroups(engine: Path, names: list[str]) -> None:
+    _require_driver("overlay")
+    names.append("limits")
+    r = ou(
+        engine,
+        "run",
+        "-d",
+        "--name",
+        "limits",
+        "--network",
+        "none",
+        "--memory",
+        "64m",
+        "--pids-limit",
+        "20",
+        "--cpus",
+        "0.5",
+        IMAGE,
+        "sleep",
+        "1000",
+    )
+    cid = r.stdout.strip()
+    cg = Path("/sys/fs/cgroup")
+    if (cg / "memory").is_dir():
+        base = cg / "memory" / "overunder" / cid
+        assert (base / "memory.limit_in_bytes").read_text().strip() == str(64 * 1024 * 1024)
+        assert (cg / "pids/overunder" / cid / "pids.max").read_text().strip() == "20"
+        assert (cg / "cpu/overunder" / cid / "cpu.cfs_quota_us").read_text().strip() == "50000"
+    hc = inspect(engine, "limits")["HostConfig"]
+    assert isinstance(hc, dict)
+    assert hc["Memory"] == 64 * 1024 * 1024
+    assert hc["PidsLimit"] == 20
+
+
+def test_tty_follows_resizes(engine: Path) -> None:
+    _require_driver("overlay")
+    import fcntl
+    import pty
+    import struct
+    import termios
+
+    env = {**os.environ, "OVERUNDER_ROOT": str(engine)}
+    pid, fd = pty.fork()
+    if pid == 0:
+        fcntl.ioctl(0, termios.TIOCSWINSZ, struct.pack("HHHH", 30, 100, 0, 0))
+        os.execve(
+            sys.executable,
+            [
+                sys.executable,
+                "-m",
+                "overunder",
+                "run",
+                "--rm",
+                "-it",
+                "--network",
+                "none",
+                IMAGE,
+                "sh",
+            ],
+            env,
+        )
+    out = b""
+
+    def read_until(marker: bytes, timeout: float = 10) -> bytes:
+        nonlocal out
+        deadline = time.monotonic() + timeout
+        while marker not in out and time.monotonic() < deadline:
+            ready, _, _ = select.select([fd], [], [], 0.2)
+            if not ready:
+                continue
+            try:
+                out += os.read(fd, 4096)
+            except OSError:
+                break
+        return out
+
+    try:
+        fcntl.ioctl(fd, termios.TIOCSWINSZ, struct.pack("HHHH", 30, 100, 0, 0))
+        read_until(b"# ")
+        os.write(fd, b"stty -a | head -n 1; echo MARK$((0+1))\r")
+        assert b"rows 30; columns 100" in read_until(b"MARK1\r\n")
+        fcntl.ioctl(fd, termios.TIOCSWINSZ, struct.pack("HHHH", 40, 120, 0, 0))
+        os.kill(pid, signal.SIGWINCH)
+        time.sleep(0.3)
+        os.write(fd, b"stty -a | head -n 1; echo MARK$((0+2))\r")
+        assert b"rows 40; columns 120" in read_until(b"MARK2\r\n")
+        os.write(fd, b"exit 7\r")
+    finally:
+        status = 0
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            got, status = os.waitpid(pid, os.WNOHANG)
+            if got:
+                break
+            time.sleep(0.05)
+        else:
+            os.kill(pid, signal.SIGKILL)  # the CLI we started; the container goes with --rm
+            _, status = os.waitpid(pid, 0)
+        os.close(fd)
+    assert os.waitstatus_to_exitcode(status) == 7
+
+
+def test_create_start_attach_restart_kill(engine: Path, names: list[str]) -> None:
+    _require_driver("overlay")
+    names.append("lifecycle")
+    r = ou(
+        engine,
+        "create",
+        "--name",
+        "lifecycle",
+        "--network",
+        "none",
+        IMAGE,
+        "sh",
+        "-c",
+        "echo run; exit 4",
+    )
+    assert r.returncode == 0
+    assert "Created" in ou(engine, "ps", "-a").stdout
+    r = ou(engine, "start", "-a", "lifecycle")
+    assert (r.returncode, r.stdout) == (4, "run\n")
+    names.append("sleeper")
+    ou(engine, "run", "-d", "--name", "sleeper", "--network", "none", IMAGE, "sleep", "1000")
+    assert ou(engine, "restart", "-t", "0", "sleeper").stdout == "sleeper\n"
+    data = inspect(engine, "sleeper")
+    assert data["RestartCount"] == 1
+    assert ou(engine, "kill", "-s", "TERM", "sleeper").returncode == 0  # ignored by PID 1
+    assert ou(engine, "kill", "sleeper").stdout == "sleeper\n"
+    assert ou(engine, "wait", "sleeper").stdout == "137\n"
+
+
+def test_ps_format_and_info(engine: Path, names: list[str]) -> None:
+    _require_driver("overlay")
+    names.append("fmt")
+    ou(
+        engine,
+        "run",
+        "--name",
+        "fmt",
+        "--network",
+        "none",
+        IMAGE,
+        "sh",
+        "-c",
+        "echo 1234567890123456789; exit 3",
+    )
+    r = ou(engine, "ps", "-a", "--format", "json")
+    rows = [json.loads(line) for line in r.stdout.splitlines()]
+    row = next(x for x in rows if x["Names"] == "fmt")
+    assert row["Command"] == '"sh -c \'echo 1234567…"'
+    assert row["State"] == "exited"
+    assert row["Status"].startswith("Exited (3) ")
+    table = ou(engine, "ps", "-a").stdout.splitlines()
+    assert table[0].startswith("CONTAINER ID   IMAGE          COMMAND")
+    r = ou(engine, "info", "--format", "json")
+    info = json.loads(r.stdout)
+    assert info["DockerRootDir"] == str(engine)
+    assert info["Images"] >= 1
+    assert info["Containers"] >= 1
+    assert info["DefaultRuntime"] == "runc"
+    assert "runc version" in info["RuntimeVersion"]
+    assert "Backing Filesystem" in ou(engine, "info").stdout

@@ -1,0 +1,486 @@
+"""Conformance scenarios: one small function per overlay behaviour, with its expected result
+(a value, or the errno name), run on the kernel overlay and on ours over the same layers.
+
+Both must give the expected result, and the merged view and the upper dir of the scenario's
+subtree must be the same in both (metadata included; the kernel's bookkeeping xattrs
+``origin``/``impure``/``nlink`` are ignored). Each scenario works in its own subtree
+``/<name>`` of one shared set of mounts, so the module mounts only three times:
+
+- ``K``: the kernel overlay with the defaults (``redirect_dir=off``, ``index=off``);
+- ``KR``: the kernel with ``redirect_dir=on,index=on``: the reference where ours differs from
+  the default kernel on purpose (renaming lower dirs succeeds; hard links survive copy-up);
+- ``O``: ours.
+
+The model target (``semantics.OverlayModel``) joins when it exists.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import stat
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+from fuse_overlay_helpers import (
+    PAST_NS,
+    describe_diff,
+    errname,
+    kernel_mount,
+    kernel_umount,
+    ours_mount,
+    ours_umount,
+    remove_tree,
+    renameat2,
+    set_past,
+    snapshot,
+    whiteout,
+    world_dir,
+    write,
+)
+
+from conftest import require_fuse, require_overlay
+
+pytestmark = [pytest.mark.root, pytest.mark.overlay, pytest.mark.fuse]
+
+Result = object
+
+
+@dataclass(frozen=True)
+class Scenario:
+    name: str
+    run: Callable[[Path], Result]
+    expect: Result
+    reference: str = "K"  # which kernel mount to compare with
+
+
+SCENARIOS: list[Scenario] = []
+
+
+Fn = Callable[[Path], Result]
+
+
+def scenario(expect: Result, *, reference: str = "K") -> Callable[[Fn], Fn]:
+    def deco(fn: Fn) -> Fn:
+        SCENARIOS.append(Scenario(fn.__name__, fn, expect, reference))
+        return fn
+
+    return deco
+
+
+def build_subtree(l1: Path, l2: Path) -> None:
+    """The same small tree for every scenario (l1 on top of l2)."""
+    write(l2 / "f", "l2 f\n")
+    write(l2 / "d/x", "x\n")
+    write(l2 / "d/sub/deep", "deep\n")
+    write(l2 / "hl1", "hard\n")
+    os.link(l2 / "hl1", l2 / "hl2")
+    os.symlink("f", l2 / "sym")
+    write(l2 / "gone", "hidden by l1's whiteout\n")
+    write(l2 / "opq/old", "hidden by l1's opaque dir\n")
+    write(l2 / "dd/a", "a\n")
+    write(l2 / "ro", "read-only\n", 0o444)
+    os.setxattr(l2 / "d/x", "user.origin", b"lower")
+    write(l1 / "f", "l1 f\n")
+    write(l1 / "d/z", "z\n")
+    write(l1 / "top", "top\n")
+    whiteout(l1 / "gone")
+    write(l1 / "opq/new", "new\n")
+    os.setxattr(l1 / "opq", "trusted.overlay.opaque", b"y")
+
+
+# --------------------------------------------------------------------------- scenarios
+@scenario(b"l1 f\n")
+def read_does_not_copy_up(m: Path) -> Result:
+    return (m / "f").read_bytes()
+
+
+@scenario(["d", "dd", "f", "hl1", "hl2", "opq", "ro", "sym", "top"])
+def readdir_merges_layers(m: Path) -> Result:
+    return sorted(os.listdir(m))
+
+
+@scenario(["new"])
+def opaque_dir_hides_lower(m: Path) -> Result:
+    return sorted(os.listdir(m / "opq"))
+
+
+@scenario("ENOENT")
+def whiteout_hides_lower(m: Path) -> Result:
+    return os.stat(m / "gone")
+
+
+@scenario(b"new")
+def open_trunc_copies_up(m: Path) -> Result:
+    fd = os.open(m / "f", os.O_WRONLY | os.O_TRUNC)
+    os.write(fd, b"new")
+    os.close(fd)
+    return (m / "f").read_bytes()
+
+
+@scenario(b"x\nmore\n")
+def append_copies_up(m: Path) -> Result:
+    with open(m / "d/x", "ab") as fh:
+        fh.write(b"more\n")
+    return (m / "d/x").read_bytes()
+
+
+@scenario(b"l2 XX\n")
+def write_in_the_middle(m: Path) -> Result:
+    with open(m / "dd/a", "r+b") as fh:
+        fh.write(b"l2 XX\n")
+    return (m / "dd/a").read_bytes()
+
+
+@scenario((0o640, b"created"))
+def creat_new_file(m: Path) -> Result:
+    fd = os.open(m / "new", os.O_CREAT | os.O_WRONLY | os.O_EXCL, 0o640)
+    os.write(fd, b"created")
+    os.close(fd)
+    return stat.S_IMODE(os.stat(m / "new").st_mode), (m / "new").read_bytes()
+
+
+@scenario("EEXIST")
+def creat_excl_on_lower_file(m: Path) -> Result:
+    return os.open(m / "f", os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+
+
+@scenario(["dd", "f", "hl1", "hl2", "opq", "ro", "sym", "top"])
+def unlink_lower_file_leaves_whiteout(m: Path) -> Result:
+    os.unlink(m / "d" / "x")
+    os.unlink(m / "d" / "z")
+    os.unlink(m / "d" / "sub" / "deep")
+    os.rmdir(m / "d" / "sub")
+    os.rmdir(m / "d")
+    return sorted(os.listdir(m))
+
+
+@scenario(["d", "dd", "f", "hl1", "hl2", "opq", "ro", "sym", "top"])
+def unlink_new_file_leaves_nothing(m: Path) -> Result:
+    (m / "tmp").write_text("x")
+    os.unlink(m / "tmp")
+    return sorted(os.listdir(m))
+
+
+@scenario(b"again")
+def unlink_then_create(m: Path) -> Result:
+    os.unlink(m / "f")
+    (m / "f").write_bytes(b"again")
+    return (m / "f").read_bytes()
+
+
+@scenario("ENOTEMPTY")
+def rmdir_merged_nonempty(m: Path) -> Result:
+    return os.rmdir(m / "d")
+
+
+@scenario([])
+def rm_rf_then_mkdir_is_opaque(m: Path) -> Result:
+    for p in ("d/x", "d/z", "d/sub/deep"):
+        os.unlink(m / p)
+    os.rmdir(m / "d/sub")
+    os.rmdir(m / "d")
+    os.mkdir(m / "d", 0o755)
+    return sorted(os.listdir(m / "d"))
+
+
+@scenario("EEXIST")
+def mkdir_over_lower_dir(m: Path) -> Result:
+    return os.mkdir(m / "dd")
+
+
+@scenario(["n"], reference="KR")
+def mkdir_new_nested(m: Path) -> Result:
+    os.mkdir(m / "newdir", 0o750)
+    os.mkdir(m / "newdir/n", 0o700)
+    return os.listdir(m / "newdir")
+
+
+@scenario(("ENOENT", b"l1 f\n"))
+def rename_lower_file(m: Path) -> Result:
+    os.rename(m / "f", m / "g")
+    try:
+        os.stat(m / "f")
+    except OSError as err:
+        return errname(err), (m / "g").read_bytes()
+    return "exists", b""
+
+
+@scenario(b"top\n")
+def rename_onto_existing_lower_file(m: Path) -> Result:
+    os.rename(m / "top", m / "f")
+    return (m / "f").read_bytes()
+
+
+@scenario("EISDIR")
+def rename_file_onto_dir(m: Path) -> Result:
+    return os.rename(m / "f", m / "dd")
+
+
+@scenario("ENOTDIR", reference="KR")
+def rename_dir_onto_file(m: Path) -> Result:
+    os.mkdir(m / "nd")
+    return os.rename(m / "nd", m / "f")
+
+
+@scenario(["x"], reference="KR")
+def rename_upper_dir(m: Path) -> Result:
+    os.mkdir(m / "u1")
+    (m / "u1/x").write_text("x")
+    os.rename(m / "u1", m / "u2")
+    return os.listdir(m / "u2")
+
+
+@scenario(["x"], reference="KR")
+def rename_upper_dir_into_merged_dir(m: Path) -> Result:
+    os.mkdir(m / "u1")
+    (m / "u1/x").write_text("x")
+    os.rename(m / "u1", m / "d/u1")
+    return os.listdir(m / "d/u1")
+
+
+@scenario(["a"], reference="KR")
+def rename_lower_only_dir(m: Path) -> Result:
+    # The default kernel says EXDEV here (see test_kernel_default_refuses_lower_dir_rename);
+    # ours does what the kernel does with redirect_dir=on.
+    os.rename(m / "dd", m / "dd2")
+    return sorted(os.listdir(m / "dd2"))
+
+
+@scenario(["sub", "x", "z"], reference="KR")
+def rename_merged_dir_same_parent(m: Path) -> Result:
+    os.rename(m / "d", m / "d2")
+    return sorted(os.listdir(m / "d2"))
+
+
+@scenario(["a"], reference="KR")
+def rename_lower_dir_across_dirs(m: Path) -> Result:
+    os.rename(m / "dd", m / "d/moved")
+    return sorted(os.listdir(m / "d/moved"))
+
+
+@scenario(["b"], reference="KR")
+def rename_lower_dir_onto_emptied_dir(m: Path) -> Result:
+    os.mkdir(m / "e")
+    (m / "e/b").write_text("b")
+    os.unlink(m / "dd/a")
+    os.rename(m / "e", m / "dd")
+    return sorted(os.listdir(m / "dd"))
+
+
+@scenario("EEXIST")
+def rename_noreplace_refuses(m: Path) -> Result:
+    return renameat2(m / "f", m / "top", 1)
+
+
+@scenario((b"top\n", b"l1 f\n"))
+def rename_exchange_swaps(m: Path) -> Result:
+    renameat2(m / "f", m / "top", 2)
+    return (m / "f").read_bytes(), (m / "top").read_bytes()
+
+
+@scenario("EINVAL")
+def rename_whiteout_flag_refused(m: Path) -> Result:
+    return renameat2(m / "f", m / "g", 4)
+
+
+@scenario((2, b"l1 f\n"))
+def hard_link_of_lower_file(m: Path) -> Result:
+    os.link(m / "f", m / "f2")
+    return os.stat(m / "f2").st_nlink, (m / "f2").read_bytes()
+
+
+@scenario((b"hard\nmore\n", 2), reference="KR")
+def hard_link_identity_across_copy_up(m: Path) -> Result:
+    with open(m / "hl1", "ab") as fh:
+        fh.write(b"more\n")
+    return (m / "hl2").read_bytes(), os.stat(m / "hl2").st_nlink
+
+
+@scenario(("f", b"l1 f\n", "target"))
+def symlinks(m: Path) -> Result:
+    os.symlink("target", m / "newlink")
+    return os.readlink(m / "sym"), (m / "sym").read_bytes(), os.readlink(m / "newlink")
+
+
+@scenario((0o600, 1, 2, True))
+def chmod_chown_copy_up_keeps_mtime(m: Path) -> Result:
+    os.chmod(m / "dd/a", 0o600)
+    os.chown(m / "dd/a", 1, 2)
+    st = os.stat(m / "dd/a")
+    return stat.S_IMODE(st.st_mode), st.st_uid, st.st_gid, st.st_mtime_ns == PAST_NS
+
+
+@scenario(123 * 10**9)
+def utimes_copies_up(m: Path) -> Result:
+    os.utime(m / "top", ns=(5 * 10**9, 123 * 10**9))
+    return os.stat(m / "top").st_mtime_ns
+
+
+@scenario(1)
+def truncate_lower(m: Path) -> Result:
+    os.truncate(m / "f", 1)
+    return os.stat(m / "f").st_size
+
+
+@scenario((b"lower", ["user.new", "user.origin"], "ENODATA"))
+def xattrs_copy_up_and_hide_overlay_ones(m: Path) -> Result:
+    value = os.getxattr(m / "d/x", "user.origin")
+    os.setxattr(m / "d/x", "user.new", b"v")
+    names = sorted(os.listxattr(m / "d/x"))
+    os.removexattr(m / "d/x", "user.new")
+    try:
+        os.getxattr(m / "d/x", "user.new")
+    except OSError as err:
+        return value, names, errname(err)
+    return value, names, "present"
+
+
+@scenario([])
+def overlay_xattrs_are_hidden(m: Path) -> Result:
+    return [n for n in os.listxattr(m / "opq") if "overlay" in n]
+
+
+@scenario(True)
+def mkfifo_and_mknod(m: Path) -> Result:
+    os.mkfifo(m / "fifo", 0o644)
+    return stat.S_ISFIFO(os.lstat(m / "fifo").st_mode)
+
+
+@scenario((False, True))
+def readdir_snapshot_until_rewind(m: Path) -> Result:
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.opendir.restype = ctypes.c_void_p
+    libc.readdir.restype = ctypes.c_void_p
+    libc.readdir.argtypes = [ctypes.c_void_p]
+    libc.rewinddir.argtypes = [ctypes.c_void_p]
+    libc.closedir.argtypes = [ctypes.c_void_p]
+
+    def names(dirp: int) -> list[str]:
+        out = []
+        while True:
+            ent = libc.readdir(dirp)
+            if not ent:
+                return out
+            out.append(ctypes.string_at(ent + 19).decode())
+
+    dirp = libc.opendir(os.fsencode(m / "d"))
+    first = libc.readdir(dirp)
+    assert first
+    (m / "d/late").write_text("late")
+    seen_before = "late" in names(dirp)
+    libc.rewinddir(dirp)
+    seen_after = "late" in names(dirp)
+    libc.closedir(dirp)
+    return seen_before, seen_after
+
+
+@scenario([])
+def whiteout_over_whiteout(m: Path) -> Result:
+    (m / "gone").write_text("again")
+    os.unlink(m / "gone")
+    return [n for n in os.listdir(m) if n == "gone"]
+
+
+@scenario(True)
+def statfs_and_fsync(m: Path) -> Result:
+    st = os.statvfs(m)
+    fd = os.open(m / "f", os.O_WRONLY | os.O_APPEND)
+    os.write(fd, b"x")
+    os.fsync(fd)
+    os.close(fd)
+    return st.f_bsize > 0
+
+
+# --------------------------------------------------------------------------- the mounts
+@dataclass
+class Mounts:
+    base: Path
+    lowers: list[Path]
+    targets: dict[str, Path]
+    uppers: dict[str, Path]
+
+
+@pytest.fixture(scope="module")
+def mounts() -> Iterator[Mounts]:
+    require_overlay()
+    require_fuse()
+    base = world_dir("ovu-fuse-scen-")
+    l1, l2 = base / "l1", base / "l2"
+    for s in SCENARIOS:
+        build_subtree(l1 / s.name, l2 / s.name)
+    set_past(l1)
+    set_past(l2)
+    targets: dict[str, Path] = {}
+    uppers: dict[str, Path] = {}
+    mounted: list[tuple[str, Path]] = []
+    try:
+        for key, extra in (("K", []), ("KR", ["redirect_dir=on", "index=on"]), ("O", None)):
+            for sub in ("u", "w", "m"):
+                (base / f"{key}-{sub}").mkdir()
+            targets[key] = base / f"{key}-m"
+            uppers[key] = base / f"{key}-u"
+            if extra is None:
+                ours_mount([l1, l2], base / "O-u", base / "O-w", targets[key])
+            else:
+                kernel_mount([l1, l2], base / f"{key}-u", base / f"{key}-w", targets[key], extra)
+            mounted.append((key, targets[key]))
+        yield Mounts(base, [l1, l2], targets, uppers)
+    finally:
+        for key, target in mounted:
+            (ours_umount if key == "O" else kernel_umount)(target)
+        remove_tree(base)
+
+
+def _run(fn: Callable[[Path], Result], m: Path) -> Result:
+    try:
+        result = fn(m)
+    except OSError as err:
+        return errname(err)
+    if (
+        isinstance(result, int)
+        and not isinstance(result, bool)
+        and fn.__name__.startswith(("creat_excl",))
+    ):
+        return "opened"
+    return result
+
+
+@pytest.mark.parametrize("sc", SCENARIOS, ids=[s.name for s in SCENARIOS])
+def test_scenario(mounts: Mounts, sc: Scenario) -> None:
+    ref = mounts.targets[sc.reference] / sc.name
+    ours = mounts.targets["O"] / sc.name
+    ref_result = _run(sc.run, ref)
+    our_result = _run(sc.run, ours)
+    assert ref_result == sc.expect, f"the kernel ({sc.reference}) gave {ref_result!r}"
+    assert our_result == sc.expect, f"ours gave {our_result!r}, kernel {ref_result!r}"
+    ref_merged, our_merged = snapshot(ref), snapshot(ours)
+    assert ref_merged == our_merged, "merged views differ:\n" + describe_diff(
+        ref_merged, our_merged
+    )
+    ref_upper = snapshot(mounts.uppers[sc.reference] / sc.name, upper=True)
+    our_upper = snapshot(mounts.uppers["O"] / sc.name, upper=True)
+    assert ref_upper == our_upper, "upper dirs differ:\n" + describe_diff(ref_upper, our_upper)
+
+
+def test_every_object_reports_the_mount_st_dev(mounts: Mounts) -> None:
+    m = mounts.targets["O"] / "read_does_not_copy_up"
+    devs = {os.lstat(p).st_dev for p in (m, m / "d", m / "f", m / "dd/a", m / "top")}
+    assert devs == {os.stat(mounts.targets["O"]).st_dev}
+
+
+def test_inode_numbers_stable_across_copy_up(mounts: Mounts) -> None:
+    m = mounts.targets["O"] / "utimes_copies_up"
+    before = os.stat(m / "dd/a").st_ino
+    os.chmod(m / "dd/a", 0o600)
+    assert os.stat(m / "dd/a").st_ino == before
+    assert (mounts.uppers["O"] / "utimes_copies_up/dd/a").exists()
+
+
+def test_kernel_default_refuses_lower_dir_rename(mounts: Mounts) -> None:
+    """Where ours differs on purpose: the default kernel (redirect_dir=off) refuses."""
+    m = mounts.targets["K"] / "rename_lower_only_dir"
+    with pytest.raises(OSError, match="Invalid cross-device link"):
+        os.rename(m / "d", m / "d3")
