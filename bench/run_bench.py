@@ -200,7 +200,7 @@ def main() -> int:
         floor = statistics.median(results["runc run (same tree, plain dir): the floor"])
         print(
             f"overhead over the runc floor: {statistics.median(rm_runs) - floor:.3f} s "
-            "(Python start of the CLI and the shim, overlay mount, init layer, records)"
+            "(Python start of the CLI, overlay mount, init layer, shim, records)"
         )
     finally:
         env2 = {**os.environ, "OVERUNDER_ROOT": str(work / "engine")}

@@ -5,9 +5,9 @@ under 100 MB).
     .venv/bin/python bench/unpack_bench.py [--runs 5] [--dir /dev/shm]
 
 The image is performance-anchors.md A1's ``big:1`` as ``bench/pull_bench.py`` rebuilds it
-(the same cached blobs, under ``<dir>/overunder-bench-cache``): L1 busybox, L2 one 200 MiB
-random file, L3 20,000 small text files in 100 dirs, L4 whiteouts + an opaque dir + a symlink
-+ a hard link; all gzip. The blobs sit in the page cache (they are read once before timing);
+(its recipe; blobs cached under ``<dir>/overunder-unpack-bench-cache``): L1 busybox, L2 one
+200 MiB random file, L3 20,000 small text files in 100 dirs, L4 whiteouts + an opaque dir + a
+symlink + a hard link; all gzip. The blobs sit in the page cache (they are read once before timing);
 every tool unpacks into a fresh dir under ``<dir>`` (tmpfs by default: the anchors compare
 tools there, since the VM's ext4 makes file creation slow and erratic).
 
@@ -19,6 +19,10 @@ Scenarios: each of L2, L3, L4 alone, and the whole image. Tools:
   the same result umoci produces;
 * ``umoci raw unpack`` -- an OCI layout holding the same blobs (one ref per scenario);
 * ``tar -xzf`` -- GNU tar, one invocation per layer into one dir (no whiteout handling).
+
+``(in-process)`` rows are the same overunder runs timed inside the worker, without the
+interpreter's start-up and imports (what an engine process that is already running pays);
+``overunder 2 threads`` unpacks the layers two at a time.
 
 Each scenario x tool runs ``--runs`` times, tools interleaved within a round; the table shows
 the median (min-max) wall time of the whole process, the peak RSS, and the ratio to umoci.
@@ -210,7 +214,8 @@ def main() -> int:
     for tool in ("umoci", "tar", "/usr/bin/time"):
         if not shutil.which(tool):
             raise SystemExit(f"needs {tool}")
-    cache = args.dir / "overunder-bench-cache"
+    # our own copy: pull_bench may rebuild or clean its cache while we run
+    cache = args.dir / "overunder-unpack-bench-cache"
     built = build_image(cache)
     layers, config = image_layers(built)
     scenarios = {

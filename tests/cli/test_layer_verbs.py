@@ -282,3 +282,29 @@ def test_commit_export_mount_cli(engine: Path, names: list[str], tmp_path: Path)
     assert r.returncode == 1
     assert "No such container: nosuch" in r.stderr.decode()
     ou(engine, "rmi", "h/cli:1")
+
+
+def test_cp_ownership_and_modes(engine: Path, names: list[str], tmp_path: Path) -> None:
+    """In: the host file's owner and mode, with or without -a. Out: the caller's, modes kept."""
+    name = "h-cpown"
+    names.append(name)
+    out(ou(engine, "create", "--name", name, "--network", "none", h.FIXTURE, "sleep", "1"))
+    f = tmp_path / "owned.txt"
+    f.write_text("o\n")
+    os.chown(f, 1234, 2345)
+    os.chmod(f, 0o751)
+    d = tmp_path / "owned-dir"
+    d.mkdir()
+    os.chmod(d, 0o750)
+    out(ou(engine, "cp", str(f), f"{name}:/data/"))
+    out(ou(engine, "cp", "-a", str(d), f"{name}:/data/"))
+    raw = ou(engine, "cp", f"{name}:/data/owned.txt", "-").stdout
+    with tarfile.open(fileobj=io.BytesIO(raw)) as tf:
+        (m,) = tf.getmembers()
+    assert (m.mode & 0o7777, m.uid, m.gid) == (0o751, 1234, 2345)
+    raw = ou(engine, "cp", f"{name}:/data/owned-dir", "-").stdout
+    with tarfile.open(fileobj=io.BytesIO(raw)) as tf:
+        assert tf.getmembers()[0].mode & 0o7777 == 0o750
+    out(ou(engine, "cp", f"{name}:/data/owned.txt", str(tmp_path / "back.txt")))
+    st = os.stat(tmp_path / "back.txt")
+    assert (stat.S_IMODE(st.st_mode), st.st_uid, st.st_gid) == (0o751, 0, 0)

@@ -229,3 +229,34 @@ def test_saved_commit_reads_back_with_skopeo_and_umoci(engine: EnginePaths, tmp_
         assert kinds["data/etclink"].kind is Kind.SYMLINK
     finally:
         h.remove(engine, name)
+
+
+def test_diff_is_not_the_committed_layer(engine: EnginePaths) -> None:
+    """docker-compat §3 (end): commit writes the upper dir as it is, copy-ups diff hides too."""
+    name = "h-commit-copyups"
+    h.create(engine, h.FIXTURE, name)
+    try:
+        with h.mounted(engine, name) as m:
+            (m / "data/tmp.txt").write_text("x")
+            (m / "data/tmp.txt").unlink()
+            os.utime(m / "data/keep")
+            os.link(m / "data/link-target.txt", m / "data/hardlink.txt")
+            os.chown(m / "data/touch.txt", 1, 1)
+        assert h.lines(engine, name) == ["C /data", "A /data/hardlink.txt", "C /data/touch.txt"]
+        image = commit_container(engine, name, "h/copyups:1")
+        s = stores(engine)
+        top = load_config(s, image).diff_ids[-1]
+        with tarfile.open(s.content.path(top)) as tf:
+            members = tf.getmembers()
+        got = [(m.name, m.type) for m in members]
+        assert got == [
+            ("data", tarfile.DIRTYPE),
+            ("data/hardlink.txt", tarfile.REGTYPE),
+            ("data/keep", tarfile.DIRTYPE),
+            ("data/link-target.txt", tarfile.LNKTYPE),
+            ("data/touch.txt", tarfile.REGTYPE),
+        ]
+        assert members[3].linkname == "data/hardlink.txt"
+        assert members[4].uid == 1
+    finally:
+        h.remove(engine, name)

@@ -41,8 +41,11 @@ def engine(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EnginePaths]:
 
 @pytest.fixture
 def container(engine: EnginePaths, request: pytest.FixtureRequest) -> Iterator[str]:
+    """A fresh fixture container, on the test's ``driver`` parameter if it has one."""
+    driver = getattr(request, "param", None) or request.node.funcargs.get("driver", "overlay")
+    h.require_driver(driver)
     name = f"h-cp-{request.node.name}".replace("[", "-").replace("]", "")
-    h.create(engine, h.FIXTURE, name)
+    h.create(engine, h.FIXTURE, name, driver=driver)
     yield name
     h.remove(engine, name)
 
@@ -56,9 +59,10 @@ def _tree_in(engine: EnginePaths, name: str) -> Path:
     return merged_dir(run_dir(engine, find_container(engine, name).id))
 
 
+@pytest.mark.parametrize("driver", h.DRIVERS)
 @pytest.mark.parametrize("state", ["stopped", "running"])
 def test_copy_in_through_symlinks_stays_in_container(
-    engine: EnginePaths, container: str, tmp_path: Path, state: str
+    engine: EnginePaths, driver: str, container: str, tmp_path: Path, state: str
 ) -> None:
     probe = f"h-probe-{os.getpid()}-{state}.txt"
     src = tmp_path / probe
@@ -91,8 +95,11 @@ def test_copy_in_through_symlinks_stays_in_container(
     assert not any(line.startswith("C /data/pwlink") for line in lines)
 
 
+@pytest.mark.parametrize("driver", h.DRIVERS)
 @pytest.mark.parametrize("state", ["stopped", "running"])
-def test_copy_out_symlinks(engine: EnginePaths, container: str, tmp_path: Path, state: str) -> None:
+def test_copy_out_symlinks(
+    engine: EnginePaths, driver: str, container: str, tmp_path: Path, state: str
+) -> None:
     if state == "running":
         h.start(engine, container)
     copy_from_container(engine, container, "/data/etclink", str(tmp_path / "out-link"))
@@ -245,3 +252,20 @@ def test_no_process_and_no_container_code_cve_2019_14271(
     maps = Path("/proc/self/maps").read_text()
     assert str(root) not in maps
     assert not [m for m in sys.modules.values() if str(root) in str(getattr(m, "__file__", ""))]
+
+
+@pytest.mark.parametrize("bad", ["../../../../../../tmp/h-escape.txt", "/tmp/h-escape-abs.txt"])
+def test_hostile_stream_names_are_refused(
+    engine: EnginePaths, container: str, tmp_path: Path, bad: str
+) -> None:
+    """A tar stream copied in cannot name a path outside the destination dir."""
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w", format=tarfile.GNU_FORMAT) as tf:
+        info = tarfile.TarInfo(bad)
+        info.size = 4
+        tf.addfile(info, io.BytesIO(b"evil"))
+    buf.seek(0)
+    with pytest.raises(OverunderError, match="points outside the destination"):
+        copy_to_container(engine, container, "-", "/data/keep", stdin=buf)
+    assert not Path("/tmp", Path(bad).name).exists()
+    assert h.lines(engine, container) == []

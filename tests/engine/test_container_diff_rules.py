@@ -27,7 +27,7 @@ from overunder.engine.container_mount import container_layers
 from overunder.engine.containers import find_container
 from overunder.engine.paths import EnginePaths
 from overunder.layerfs.reader import read_layer
-from overunder.semantics import diff_trees, flatten
+from overunder.semantics import changes_from_upper, diff_trees, flatten
 
 _names = itertools.count()
 
@@ -57,7 +57,13 @@ def _scenario(
         with h.mounted(paths, name) as m:
             mutate(m)
             naive = _naive(paths, name, m)
-        return h.lines(paths, name), naive
+        fast = h.lines(paths, name)
+        # the fast upper view and the full reader agree
+        dirs = container_layers(paths, find_container(paths, name))
+        lowers = [read_layer(d, with_data=False) for d in dirs.lowers]
+        full = changes_from_upper(read_layer(dirs.upper, with_data=False), lowers)
+        assert fast == [str(c) for c in full]
+        return fast, naive
     finally:
         h.remove(paths, name)
 
@@ -322,3 +328,36 @@ def test_unknown_container(engine: EnginePaths) -> None:
 
     with pytest.raises(NotFound, match=r"^No such container: nosuch$"):
         h.lines(engine, "nosuch")
+
+
+def test_lazy_lower_view_reads_layers_like_the_reader(engine: EnginePaths) -> None:
+    """LowerView (diff's on-demand reading of image layers) against read_layer, entry by entry,
+    on every layer of the fixture image (whiteouts and an opaque dir included)."""
+    from overunder.engine.container_diff import LowerView
+
+    name = "h-lowerview"
+    h.create(engine, h.FIXTURE, name)
+    try:
+        dirs = container_layers(engine, find_container(engine, name))
+        for d in dirs.lowers:
+            full = read_layer(d, with_data=False)
+            lazy = LowerView(d)
+            for path, e in full.items():
+                got = lazy.get(path)
+                assert got is not None, path
+                assert (got.kind, got.opaque, got.size, got.target, got.rdev) == (
+                    e.kind,
+                    e.opaque,
+                    e.size,
+                    e.target,
+                    e.rdev,
+                ), path
+                if e.kind.value != "whiteout":
+                    assert got.meta.mode == e.meta.mode
+                    assert got.meta.mtime_ns == e.meta.mtime_ns
+                    assert (got.meta.uid, got.meta.gid) == (e.meta.uid, e.meta.gid)
+                if e.kind.value == "dir":
+                    assert lazy.children(path) == full.children(path), path
+            assert lazy.get("no/such/path") is None
+    finally:
+        h.remove(engine, name)

@@ -122,7 +122,7 @@ def test_workdir_and_user_resolve_inside_rootfs(tmp_path: Path) -> None:
 @pytest.fixture(scope="module")
 def engine(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EnginePaths]:
     if os.geteuid() != 0:
-        pytest.skip("needs root")
+        require_root()
     base = tmp_path_factory.mktemp("g-engine-api")
     root = base / "root"
     g_busybox.build_image(root, IMAGE, work=base)
@@ -140,6 +140,7 @@ def engine(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EnginePaths]:
 def test_images_in_use_blocks_rmi(engine: EnginePaths) -> None:
     require_root()
     require_overlay()
+    from overunder.engine.container_rootfs import create_snapshots
     from overunder.engine.containers import (
         RunOptions,
         create_container,
@@ -147,9 +148,17 @@ def test_images_in_use_blocks_rmi(engine: EnginePaths) -> None:
         inspect_container,
         remove_container,
     )
-    from overunder.engine.images import rmi
+    from overunder.engine.images import rmi, stores
 
+    # A create killed after its snapshots but before its record: the next create cleans up.
+    snaps = stores(engine).snapshots
+    ghost = "f" * 64
+    top = next(k for k in snaps.snapshots() if k.startswith("sha256:"))
+    create_snapshots(snaps, ghost, top, None, "overlay")
+    assert snaps.exists(ghost)
     rec = create_container(engine, RunOptions(image=IMAGE, command=["true"], network="none"))
+    assert not snaps.exists(ghost)
+    assert not snaps.exists(ghost + "-init")
     try:
         assert images_in_use(engine) == {rec.image_id: [rec.id]}
         result = rmi(engine, [IMAGE])

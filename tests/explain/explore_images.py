@@ -88,8 +88,28 @@ def explore_layers() -> list[bytes]:
     return [base, chmod, cleanup]
 
 
-def load_explore_image(paths: EnginePaths, work: Path, tag: str = "explore:latest") -> str:
+STEPS = (
+    "ADD rootfs.tar /",
+    "RUN chmod 755 /usr/lib/big.so && wget -O /tmp/cache.tar http://mirror/cache.tar",
+    "RUN rm -rf /tmp/cache.tar /etc/localtime /data/opq && mkdir /data/opq && echo new > …",
+)
+
+
+def load_explore_image(
+    paths: EnginePaths, work: Path, tag: str = "explore:latest", *, docs: bool = False
+) -> str:
+    """Load the three-layer image as ``tag``; ``docs`` gives its history Dockerfile-like
+    steps (for the examples in docs/cli.md) instead of the fixture's ``layer N``."""
     img = make_image(explore_layers(), [tag])
+    if docs:
+        import json
+
+        cfg = json.loads(img.config)
+        steps = iter(STEPS)
+        for h in cfg["history"]:
+            if not h.get("empty_layer"):
+                h["created_by"] = next(steps)
+        img.config = json.dumps(cfg, separators=(",", ":")).encode()
     archive = work / "explore.tar"
     write_docker_archive(archive, [img])
     loaded = load(paths, archive)

@@ -6,7 +6,6 @@ from __future__ import annotations
 import io
 import json
 import os
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -22,7 +21,7 @@ from overunder.semantics import Kind
 
 
 @pytest.fixture(scope="module")
-def store(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EnginePaths]:
+def store(tmp_path_factory: pytest.TempPathFactory) -> EnginePaths:
     work = tmp_path_factory.mktemp("explore")
     paths = EnginePaths.resolve(work / "root")
     load_explore_image(paths, work)
@@ -190,8 +189,9 @@ def test_tree_of_a_subdir_and_json(store: EnginePaths) -> None:
     view = explore.tree(store, "explore", "/data")
     paths = [e.path for e in view.entries]
     assert paths == ["/", "/data", "/data/keep.txt", "/data/opq", "/data/opq/new.txt"]
-    doc = view.to_dict()
-    assert doc["Entries"][3]["Opaque"]["Layer"] == "layer 3"
+    entries = view.to_dict()["Entries"]
+    assert isinstance(entries, list)
+    assert entries[3]["Opaque"]["Layer"] == "layer 3"
     with pytest.raises(NotFound):
         explore.tree(store, "explore", "/etc/localtime")
 
@@ -243,3 +243,28 @@ def test_whiteout_kinds_in_scan(store: EnginePaths) -> None:
     assert scanned.layer["data/opq"].opaque
     expected = "char 0/0" if os.geteuid() == 0 else ".wh. file"
     assert scanned.whiteout_forms["etc/localtime"] == expected
+
+
+def test_cp_cli_takes_an_image_source(
+    store: EnginePaths, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code, _, err = cli(store, "cp", "explore:latest:/data/.", str(tmp_path), capsys=capsys)
+    assert code == 0, err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["keep.txt", "opq"]
+    code, _, err = cli(store, "cp", "explore:/etc/os-release", str(tmp_path / "r"), capsys=capsys)
+    assert code == 0, err
+    assert (tmp_path / "r").read_bytes() == b"NAME=explore\n"
+    code, _, err = cli(store, "cp", "nosuch:/x", str(tmp_path), capsys=capsys)
+    assert code == 1
+    assert "No such container: nosuch" in err
+
+
+def test_scan_without_meta_agrees_on_kinds(store: EnginePaths) -> None:
+    for info in explore.image_stack(store, "explore").layers:
+        full = scan_layer(info.dir)
+        light = scan_layer(info.dir, meta=False)
+        assert list(light.layer) == list(full.layer)
+        assert light.whiteout_forms == full.whiteout_forms
+        for path, e in full.layer.items():
+            f = light.layer[path]
+            assert (f.kind, f.target, f.opaque) == (e.kind, e.target, e.opaque), path

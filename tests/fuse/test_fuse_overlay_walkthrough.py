@@ -10,9 +10,9 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from conftest import require_fuse, require_root
 from fuse_overlay_helpers import cli, ours_umount, remove_tree, world_dir
 
+from conftest import require_fuse, require_root
 from overunder.mount import mount_entry
 
 pytestmark = [pytest.mark.root, pytest.mark.fuse]

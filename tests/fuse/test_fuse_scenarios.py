@@ -299,6 +299,22 @@ def hard_link_identity_across_copy_up(m: Path) -> Result:
     return (m / "hl2").read_bytes(), os.stat(m / "hl2").st_nlink
 
 
+@scenario((b"hard\nmore\n", "ENOENT", b"hard\nmore\n"), reference="KR")
+def hard_link_names_used_separately(m: Path) -> Result:
+    with open(m / "hl1", "ab") as fh:
+        fh.write(b"more\n")
+    os.stat(m / "hl2")
+    os.rename(m / "hl2", m / "hl3")
+    try:
+        os.stat(m / "hl2")
+    except OSError as err:
+        gone = errname(err)
+    else:
+        gone = "exists"
+    os.unlink(m / "hl1")
+    return (m / "hl3").read_bytes(), gone, (m / "hl3").read_bytes()
+
+
 @scenario(("f", b"l1 f\n", "target"))
 def symlinks(m: Path) -> Result:
     os.symlink("target", m / "newlink")
@@ -338,9 +354,20 @@ def xattrs_copy_up_and_hide_overlay_ones(m: Path) -> Result:
     return value, names, "present"
 
 
-@scenario([])
+@scenario(([], "ENODATA", "ok"))
 def overlay_xattrs_are_hidden(m: Path) -> Result:
-    return [n for n in os.listxattr(m / "opq") if "overlay" in n]
+    listed = [n for n in os.listxattr(m / "opq") if "overlay" in n]
+    errors = []
+    for call in (
+        lambda: os.getxattr(m / "opq", "trusted.overlay.opaque"),
+        lambda: os.setxattr(m / "top", "trusted.overlay.opaque", b"y"),
+    ):
+        try:
+            call()
+            errors.append("ok")
+        except OSError as err:
+            errors.append(errname(err))
+    return listed, *errors
 
 
 @scenario(True)

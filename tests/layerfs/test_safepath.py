@@ -244,3 +244,16 @@ def test_race_apply_layer_never_escapes(swapper: tuple[Path, int]) -> None:
             apply_layer(buf, root, name="race")
         except InvalidArgument:
             continue
+
+
+def test_nul_in_a_path_is_invalid(root: Path) -> None:
+    with pytest.raises(InvalidArgument, match="NUL"):
+        resolve_in_root(root, "/etc/\0passwd", follow_last=True)
+    rfd = open_root(root)
+    try:
+        with pytest.raises(InvalidArgument, match="NUL"):
+            open_in_root(rfd, "etc\0", os.O_RDONLY)
+        with pytest.raises(InvalidArgument, match="NUL"):
+            open_dir_in_root(rfd, "etc\0")
+    finally:
+        os.close(rfd)

@@ -161,3 +161,21 @@ def test_hard_links_across_many_dirs(tmp_path: Path) -> None:
         link = tmp_path / "x" / f"d{i:03d}/link"
         assert link.read_text() == str((i + 150) % 300)
         assert link.stat().st_nlink == 2
+
+
+def test_rootless_rules(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Not root: no chown (the caller's ids stay), device nodes refused by default, fifos ok.
+    (Simulated: the venv's interpreter is not reachable by other users on this machine.)"""
+    from overunder.errors import Unsupported
+
+    monkeypatch.setattr(os, "geteuid", lambda: 1000)
+    dev = tarfile.TarInfo("null")
+    dev.type, dev.devmajor, dev.devminor = tarfile.CHRTYPE, 1, 3
+    with pytest.raises(Unsupported, match=r"entry 'null'.*without root"):
+        apply(build(tarfile.PAX_FORMAT, [(dev, b"")]), tmp_path / "a")
+    fifo = tarfile.TarInfo("fifo")
+    fifo.type = tarfile.FIFOTYPE
+    apply(build(tarfile.PAX_FORMAT, [f("owned", uid=1234, gid=2345), (fifo, b"")]), tmp_path / "b")
+    st = os.stat(tmp_path / "b/owned")
+    assert (st.st_uid, st.st_gid) == (os.getuid(), os.getgid())
+    assert stat.S_ISFIFO(os.lstat(tmp_path / "b/fifo").st_mode)

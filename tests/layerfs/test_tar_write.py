@@ -245,3 +245,40 @@ def test_deep_trees_have_no_recursion_limit(tmp_path: Path) -> None:
     out = io.BytesIO()
     write_layer(dest, out)
     assert out.getvalue() == data
+
+
+def test_race_write_tree_never_archives_outside(tmp_path: Path) -> None:
+    """docker cp out while the container swaps a dir for a symlink to a host dir
+    (CVE-2018-15664, read side): the host file must never end up in the archive."""
+    import ctypes
+    import threading
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    root = tmp_path / "root"
+    (root / "data/d").mkdir(parents=True)
+    (root / "data/d/inside.txt").write_text("in")
+    secret = tmp_path / "host"
+    secret.mkdir()
+    (secret / "shadow").write_text("host secret")
+    os.symlink(str(secret), root / "data/evil")
+    stop = threading.Event()
+
+    def swap() -> None:
+        while not stop.is_set():
+            libc.renameat2(-100, bytes(root / "data/d"), -100, bytes(root / "data/evil"), 2)
+
+    t = threading.Thread(target=swap, daemon=True)
+    t.start()
+    try:
+        for _ in range(100):
+            for src, follow in (("/data", False), ("/data/d", True), ("/data/d/", False)):
+                out = io.BytesIO()
+                try:
+                    write_tree(src, out, root=root, follow=follow)
+                except NotFound:
+                    continue  # the link resolved (inside the root) to nothing: fine
+                assert b"host secret" not in out.getvalue()
+                assert "shadow" not in "".join(names(out.getvalue()))
+    finally:
+        stop.set()
+        t.join()

@@ -211,7 +211,7 @@ def test_shim_proxy_exec_and_exit(tmp_path: Path, rootfs: Path, runtime: Runtime
         ["httpd", "-f", "-p", "3000", "-h", "/var/www"],
         ports=[parse_publish("127.0.0.1:0:3000").to_dict()],
     )
-    handle = spawn_shim(cfg)
+    handle = spawn_shim(cfg, how="fork")
     handle.close()
     sd = Path(cfg.state_dir)
     assert shim_alive(sd)
@@ -269,7 +269,7 @@ def test_shim_attached_and_start_failure(
     )
     fd = os.open(out, os.O_WRONLY | os.O_CREAT, 0o600)
     try:
-        handle = spawn_shim(cfg, stdout=fd, stderr=fd)
+        handle = spawn_shim(cfg, stdout=fd, stderr=fd, how="exec")  # the fork path: above
     finally:
         os.close(fd)
     assert handle.wait_exit() == 4
@@ -282,3 +282,18 @@ def test_shim_attached_and_start_failure(
     assert 'exec: "nosuchcmd": executable file not found' in info.value.message
     assert runtime.state("bad") is None
     assert (Path(cfg.state_dir) / "log.json").read_text() == ""  # runc's noise not logged
+
+
+def test_crun_refused_on_hybrid_cgroups(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """crun 1.8 cannot run on hybrid cgroups; we say so before creating anything."""
+    from overunder.errors import Unsupported
+    from overunder.runtime import runc
+
+    monkeypatch.setattr(runc.shutil, "which", lambda name: f"/usr/bin/{name}")
+    monkeypatch.setattr(runc, "cgroup_mode", lambda: "hybrid")
+    with pytest.raises(Unsupported, match="hybrid") as info:
+        RuntimeBinary.find("crun", tmp_path)
+    assert info.value.hint is not None
+    assert "--runtime runc" in info.value.hint
+    monkeypatch.setattr(runc, "cgroup_mode", lambda: "v2")
+    assert RuntimeBinary.find("crun", tmp_path).path == "/usr/bin/crun"

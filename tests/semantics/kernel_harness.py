@@ -105,26 +105,51 @@ def renameat2(old: str, new: str, flags: int) -> None:
         raise OSError(code, os.strerror(code), old, None, new)
 
 
-def _kernel_op(m: Path, op: str, args: Sequence[Any], kw: Mapping[str, Any]) -> None:
+def kernel_op(m: Path, op: str, args: Sequence[Any], kw: Mapping[str, Any]) -> None:
+    """Run one operation in a child chrooted into the mount, so that absolute symlinks resolve
+    inside it (as in a container, and as the model resolves them), never on the host."""
+    pid = os.fork()
+    if pid == 0:
+        code = 0
+        try:
+            os.chroot(m)
+            os.chdir("/")
+            _do_op(Path("/"), op, args, kw)
+        except OSError as err:
+            code = err.errno or 255
+        except BaseException:
+            code = 254
+        finally:
+            os._exit(code)
+    _, status = os.waitpid(pid, 0)
+    code = os.waitstatus_to_exitcode(status)
+    if code == 254:
+        raise RuntimeError(f"{op}{tuple(args)}: the operation crashed in the chrooted child")
+    if code:
+        raise OSError(code, os.strerror(code), args[0] if args else None)
+
+
+def _do_op(m: Path, op: str, args: Sequence[Any], kw: Mapping[str, Any]) -> None:
     def p(x: str) -> str:
         return str(m / x.lstrip("/"))
 
     if op == "create":
         path, data = args[0], args[1] if len(args) > 1 else b""
-        flags = os.O_CREAT | os.O_WRONLY | os.O_TRUNC | (os.O_EXCL if kw.get("exclusive") else 0)
+        flags = os.O_CREAT | os.O_WRONLY | os.O_TRUNC | os.O_NONBLOCK
+        flags |= os.O_EXCL if kw.get("exclusive") else 0
         fd = os.open(p(path), flags, kw.get("mode", 0o644))
         try:
             os.write(fd, data)
         finally:
             os.close(fd)
     elif op == "write":
-        fd = os.open(p(args[0]), os.O_WRONLY)
+        fd = os.open(p(args[0]), os.O_WRONLY | os.O_NONBLOCK)
         try:
             os.pwrite(fd, args[1], kw.get("offset", 0))
         finally:
             os.close(fd)
     elif op == "append":
-        fd = os.open(p(args[0]), os.O_WRONLY | os.O_APPEND)
+        fd = os.open(p(args[0]), os.O_WRONLY | os.O_APPEND | os.O_NONBLOCK)
         try:
             os.write(fd, args[1])
         finally:
@@ -150,9 +175,10 @@ def _kernel_op(m: Path, op: str, args: Sequence[Any], kw: Mapping[str, Any]) -> 
     elif op == "utime":
         os.utime(p(args[0]), ns=(args[1], args[1]), follow_symlinks=kw.get("follow_symlinks", True))
     elif op == "setxattr":
-        os.setxattr(p(args[0]), args[1], args[2])
+        follow = kw.get("follow_symlinks", True)
+        os.setxattr(p(args[0]), args[1], args[2], follow_symlinks=follow)
     elif op == "removexattr":
-        os.removexattr(p(args[0]), args[1])
+        os.removexattr(p(args[0]), args[1], follow_symlinks=kw.get("follow_symlinks", True))
     elif op == "mknod":
         kind, mode = args[1], args[2] if len(args) > 2 else 0o644
         rdev = args[3] if len(args) > 3 else (0, 0)
@@ -249,7 +275,7 @@ def run_and_compare(
     options = "redirect_dir=on" if redirect_dir else ""
     with kernel_overlay(root, lowers, upper, contents, options=options) as mnt:
         for step, (name, args, kw) in enumerate(ops):
-            want = _errno_of(_kernel_op, mnt.merged, name, args, kw)
+            want = _errno_of(kernel_op, mnt.merged, name, args, kw)
             got = _errno_of(getattr(model, name), *args, **kw)
             where = f"step {step}: {name}{args}{kw or ''}"
             assert got == want, f"{where}: model errno {_name(got)}, kernel {_name(want)}"

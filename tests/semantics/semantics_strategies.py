@@ -58,6 +58,11 @@ def layers(draw: st.DrawFn, *, whiteouts: bool = True, depth: int = 3) -> Layer:
                 fill(child, level + 1)
 
     fill("", 1)
+    # the names of one inode are one entry: every member of a link group equals the first
+    first: dict[str, Entry] = {}
+    for path, e in out.items():
+        if e.link_id is not None:
+            out[path] = first.setdefault(e.link_id, e)
     return Layer(out)
 
 

@@ -4,6 +4,7 @@ examples) and against the real kernel overlay (fewer examples: one mount each)."
 from __future__ import annotations
 
 import contextlib
+import os
 import shutil
 import tempfile
 from dataclasses import replace
@@ -17,6 +18,7 @@ from semantics_strategies import contents_map, layers, model_ops
 
 from conftest import require_overlay
 from overunder.semantics import (
+    Entry,
     Kind,
     Layer,
     OverlayModel,
@@ -47,33 +49,41 @@ def test_model_keeps_upper_and_merged_consistent(lowers: list[Layer], ops: Ops) 
     assert changes_from_upper(upper, lowers) == diff_trees(flatten(lowers), merged)
 
 
-def _kernel_safe(layer: Layer) -> Layer:
-    """Random layers without redirects (the kernel checks them; redirect_dir=off ignores
-    them in lower layers only partly)."""
-    return Layer(
-        (p, replace(e, redirect=None) if e.kind is Kind.DIR else e) for p, e in layer.items()
-    )
+def _kernel_safe(layer: Layer, index: int) -> Layer:
+    """A random layer without redirects (the kernel validates them) and with hard-link labels
+    of its own (labels mean nothing across layers, but the comparison groups by label)."""
+
+    def fix(e: Entry) -> Entry:
+        if e.kind is Kind.DIR:
+            return replace(e, redirect=None)
+        if e.link_id is not None:
+            return replace(e, link_id=f"{index}:{e.link_id}")
+        return e
+
+    return Layer((p, fix(e)) for p, e in layer.items())
 
 
 @settings(
-    max_examples=40,
+    max_examples=int(os.environ.get("OVU_KERNEL_EXAMPLES", "30")),  # soak: set it higher
     deadline=None,
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
 )
 @given(
     st.lists(layers(), min_size=1, max_size=2),
+    st.one_of(st.just(Layer()), layers()),
     st.lists(model_ops(), min_size=1, max_size=10),
     st.booleans(),
 )
 def test_model_matches_kernel_on_random_sequences(
-    lowers: list[Layer], ops: Ops, redirect_dir: bool
+    lowers: list[Layer], upper: Layer, ops: Ops, redirect_dir: bool
 ) -> None:
     require_overlay()
-    lowers = [_kernel_safe(layer) for layer in lowers]
+    lowers = [_kernel_safe(layer, i) for i, layer in enumerate(lowers)]
+    upper = _kernel_safe(upper, 9)
     root = Path(tempfile.mkdtemp(prefix="ovu-model-"))
     try:
         run_and_compare(
-            root, lowers, Layer(), ops, contents=contents_map(), redirect_dir=redirect_dir
+            root, lowers, upper, ops, contents=contents_map(), redirect_dir=redirect_dir
         )
     finally:
         shutil.rmtree(root)

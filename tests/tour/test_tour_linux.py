@@ -22,7 +22,8 @@ from overunder.tour import Step, Tour
 
 def tour(*args: str | Path) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "overunder", "tour", *map(str, args)],
+        # --part linux: the default tour also plays the Docker part first (engineer I)
+        [sys.executable, "-m", "overunder", "tour", "--part", "linux", *map(str, args)],
         capture_output=True,
         text=True,
         timeout=120,

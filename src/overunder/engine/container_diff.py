@@ -32,12 +32,14 @@ from overunder.engine.paths import EnginePaths
 from overunder.errors import FailedPrecondition
 from overunder.layerfs.reader import read_layer
 from overunder.layerfs.safepath import open_dir_nofollow, open_root
+from overunder.layerfs.whiteout import OCI_OPAQUE_MARKER, list_dir_layer
 from overunder.semantics import (
     Change,
     ChangeKind,
     Entry,
     Kind,
     Layer,
+    Meta,
     changes_from_upper,
     lookup,
 )
@@ -45,7 +47,9 @@ from overunder.semantics import (
 __all__ = [
     "ChangeKind",
     "DiffStat",
+    "LowerView",
     "StatEntry",
+    "UpperView",
     "container_changes",
     "diff_patch",
     "diff_stat",
@@ -88,9 +92,222 @@ def read_container(paths: EnginePaths, name_or_id: str, *, with_data: bool = Fal
 
 
 def container_changes(paths: EnginePaths, name_or_id: str) -> list[Change]:
-    """``docker diff``'s lines for the container, sorted by path."""
-    tree = read_container(paths, name_or_id)
-    return changes_from_upper(tree.upper, tree.lowers)
+    """``docker diff``'s lines for the container, sorted by path.
+
+    The lowers are read in full; the upper dir through :class:`UpperView`, which stats only
+    what the rules compare (see there), falling back to a full
+    :func:`~overunder.layerfs.reader.read_layer` for the rarer on-disk forms."""
+    rec = find_container(paths, name_or_id)
+    dirs = container_layers(paths, rec)
+    for _ in range(_READ_ATTEMPTS):
+        lazy = [LowerView(d) for d in dirs.lowers]
+        try:
+            return changes_from_upper(UpperView(dirs.upper, lazy), lazy)
+        except _Fallback:
+            break
+        except OSError:  # an entry vanished or changed kind under a running container
+            continue
+    lowers = [_read(d, with_data=False) for d in dirs.lowers]
+    return changes_from_upper(_read(dirs.upper, with_data=False), lowers)
+
+
+class _Fallback(Exception):
+    """The upper dir uses a form :class:`UpperView` leaves to the full reader."""
+
+
+_OPAQUE_XATTRS = ("trusted.overlay.opaque", "user.overlay.opaque")
+_REDIRECT_XATTRS = ("trusted.overlay.redirect", "user.overlay.redirect")
+_CAPABILITY = "security.capability"
+_NO_META = Meta(0)
+
+
+def _getx(path: str, name: str) -> bytes | None:
+    try:
+        return os.getxattr(path, name, follow_symlinks=False)
+    except OSError as err:
+        if err.errno in (errno.ENODATA, errno.ENOTSUP, errno.EOPNOTSUPP, errno.EPERM):
+            return None
+        raise
+
+
+def _entry_from_stat(abspath: str, st: os.stat_result, *, opaque: bool = False) -> Entry:
+    """An entry as the rules see it: kind, mode, owner, mtime, size, rdev, capability."""
+    mode = st.st_mode
+    cap = _getx(abspath, _CAPABILITY)
+    meta = Meta(
+        stat.S_IMODE(mode),
+        st.st_uid,
+        st.st_gid,
+        st.st_mtime_ns,
+        ((_CAPABILITY, cap),) if cap is not None else (),
+    )
+    if stat.S_ISDIR(mode):
+        return Entry(Kind.DIR, meta, opaque=opaque)
+    if stat.S_ISREG(mode):
+        return Entry(Kind.FILE, meta, size=st.st_size)
+    if stat.S_ISLNK(mode):
+        return Entry(Kind.SYMLINK, meta, size=st.st_size, target=os.readlink(abspath))
+    if stat.S_ISCHR(mode) or stat.S_ISBLK(mode):
+        kind = Kind.CHARDEV if stat.S_ISCHR(mode) else Kind.BLOCKDEV
+        return Entry(kind, meta, rdev=(os.major(st.st_rdev), os.minor(st.st_rdev)))
+    return Entry(Kind.FIFO if stat.S_ISFIFO(mode) else Kind.SOCKET, meta)
+
+
+class LowerView:
+    """An image (or init) layer dir as a :class:`~overunder.semantics.LayerView`, read on
+    demand: ``diff`` visits only the lower dirs the upper dir touches, so a big image costs
+    what the container changed, not what the image holds. Each dir is listed once with
+    :func:`overunder.layerfs.whiteout.list_dir_layer` (every whiteout form); entries are
+    stat'ed when asked for. Redirect xattrs (never written by our stores) raise ``_Fallback``.
+    """
+
+    def __init__(self, top: Path) -> None:
+        self.top = os.fspath(top)
+        # dir path -> (children incl. whiteouts, visible names, whited-out names), or None
+        self._dirs: dict[str, tuple[tuple[str, ...], frozenset[str], frozenset[str]] | None] = {}
+        self._entries: dict[str, Entry | None] = {}
+
+    def _abs(self, path: str) -> str:
+        return f"{self.top}/{path}" if path else self.top
+
+    def _listing(self, path: str) -> tuple[tuple[str, ...], frozenset[str], frozenset[str]] | None:
+        if path in self._dirs:
+            return self._dirs[path]
+        result = None
+        entry = self.get(path)
+        if entry is not None and entry.kind is Kind.DIR:
+            visible, gone, _ = list_dir_layer(Path(self._abs(path)))
+            result = (tuple(sorted({*visible, *gone})), frozenset(visible), frozenset(gone))
+        self._dirs[path] = result
+        return result
+
+    def children(self, path: str, /) -> tuple[str, ...]:
+        listing = self._listing(path)
+        return listing[0] if listing is not None else ()
+
+    def __contains__(self, path: object) -> bool:
+        return isinstance(path, str) and self.get(path) is not None
+
+    def get(self, path: str, /) -> Entry | None:
+        if path in self._entries:
+            return self._entries[path]
+        entry: Entry | None
+        if path == "":
+            abspath = self.top
+            entry = _entry_from_stat(abspath, os.lstat(abspath), opaque=_dir_opaque(abspath))
+        else:
+            parent, _, name = path.rpartition("/")
+            listing = self._listing(parent)
+            if listing is None or name not in listing[0]:
+                entry = None
+            elif name not in listing[1]:
+                entry = Entry(Kind.WHITEOUT, Meta(0))
+            else:
+                abspath = self._abs(path)
+                st = os.lstat(abspath)
+                # a ".wh.x" beside this layer's dir "x" hides the lower "x": opaque
+                opaque = stat.S_ISDIR(st.st_mode) and (name in listing[2] or _dir_opaque(abspath))
+                entry = _entry_from_stat(abspath, st, opaque=opaque)
+        self._entries[path] = entry
+        return entry
+
+
+def _dir_opaque(abspath: str) -> bool:
+    """Opaque by xattr ``y`` or by a ``.wh..wh..opq`` marker; redirects are not handled."""
+    if any(_getx(abspath, n) is not None for n in _REDIRECT_XATTRS):
+        raise _Fallback
+    value = next((v for n in _OPAQUE_XATTRS if (v := _getx(abspath, n)) is not None), None)
+    return value == b"y" or os.path.lexists(f"{abspath}/{OCI_OPAQUE_MARKER}")
+
+
+class UpperView:
+    """An upper dir as a :class:`~overunder.semantics.LayerView` for ``diff`` only.
+
+    Docker's rules compare metadata only for paths that exist in a lower layer; an entry
+    no lower has is an ``A`` whatever its metadata. So such entries are built from the
+    directory listing alone (kind from ``d_type``, no ``lstat``, no xattrs), and only entries
+    shadowing a lower path (or special files, to tell whiteouts) are stat'ed as
+    :func:`~overunder.layerfs.reader.read_layer` would. Sizes and contents are therefore not
+    meaningful here (``--stat`` uses the full reader). The rarer forms (``.wh.`` files, xattr
+    whiteouts in ``opaque="x"`` dirs, ``redirect`` xattrs) raise ``_Fallback``."""
+
+    def __init__(self, top: Path, lowers: Sequence[Layer | LowerView]) -> None:
+        self.top = os.fspath(top)
+        self.lowers = lowers
+        self._entries: dict[str, Entry | None] = {}
+        self._children: dict[str, tuple[str, ...]] = {}
+        self._types: dict[str, str] = {"": "d"}
+        self._lower: dict[str, frozenset[str]] = {}
+
+    def _abs(self, path: str) -> str:
+        return f"{self.top}/{path}" if path else self.top
+
+    def children(self, path: str, /) -> tuple[str, ...]:
+        found = self._children.get(path)
+        if found is not None:
+            return found
+        entry = self.get(path)
+        if entry is None or entry.kind is not Kind.DIR:
+            return ()
+        names = []
+        with os.scandir(self._abs(path)) as it:
+            for d in it:
+                name = d.name
+                if name.startswith(".wh."):
+                    raise _Fallback
+                names.append(name)
+                if d.is_symlink():
+                    t = "l"
+                elif d.is_dir(follow_symlinks=False):
+                    t = "d"
+                elif d.is_file(follow_symlinks=False):
+                    t = "f"
+                else:
+                    t = "o"
+                self._types[f"{path}/{name}" if path else name] = t
+        names.sort()
+        out = tuple(names)
+        self._children[path] = out
+        return out
+
+    def _lower_names(self, parent: str) -> frozenset[str]:
+        """Names any lower layer has in ``parent`` (whiteouts included), listed once."""
+        names = self._lower.get(parent)
+        if names is None:
+            names = frozenset().union(*(low.children(parent) for low in self.lowers))
+            self._lower[parent] = names
+        return names
+
+    def get(self, path: str, /) -> Entry | None:
+        if path in self._entries:
+            return self._entries[path]
+        parent, _, name = path.rpartition("/")
+        if path and parent not in self._children:
+            self.children(parent)
+        t = self._types.get(path)
+        if t is None:
+            entry = None
+        elif t == "o" or path == "" or name in self._lower_names(parent):
+            entry = self._full(path)
+        else:
+            if t == "d" and any(_getx(self._abs(path), n) is not None for n in _REDIRECT_XATTRS):
+                raise _Fallback  # a renamed dir whose lower part lives elsewhere
+            kind = {"d": Kind.DIR, "f": Kind.FILE, "l": Kind.SYMLINK}[t]
+            entry = Entry(kind, _NO_META)
+        self._entries[path] = entry
+        return entry
+
+    def _full(self, path: str) -> Entry:
+        abspath = self._abs(path)
+        st = os.lstat(abspath)
+        if stat.S_ISCHR(st.st_mode) and st.st_rdev == 0:
+            return Entry(Kind.WHITEOUT, Meta(0))
+        if stat.S_ISDIR(st.st_mode):
+            opaque = next((v for n in _OPAQUE_XATTRS if (v := _getx(abspath, n)) is not None), None)
+            if opaque == b"x" or any(_getx(abspath, n) is not None for n in _REDIRECT_XATTRS):
+                raise _Fallback
+            return _entry_from_stat(abspath, st, opaque=opaque == b"y")
+        return _entry_from_stat(abspath, st)
 
 
 # -- --stat ------------------------------------------------------------------------------------

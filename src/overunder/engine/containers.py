@@ -310,6 +310,7 @@ def create_container(paths: EnginePaths, opts: RunOptions) -> ContainerRecord:
 
     with containers_lock(paths):
         existing = list_records(paths)
+        _remove_orphan_snapshots(paths, {r.id for r in existing})
         taken = {r.name: r for r in existing}
         if opts.name is not None:
             name = _valid_name(opts.name)
@@ -362,6 +363,8 @@ def create_container(paths: EnginePaths, opts: RunOptions) -> ContainerRecord:
                 "Labels": dict(icfg.get("Labels") or {}),
             }
         )
+        if icfg.get("StopSignal"):
+            config["StopSignal"] = str(icfg["StopSignal"])
         port_bindings: dict[str, list[dict[str, str]]] = {}
         for p in ports:
             port_bindings.setdefault(f"{p.container_port}/tcp", []).append(
@@ -429,6 +432,21 @@ def create_container(paths: EnginePaths, opts: RunOptions) -> ContainerRecord:
     return rec
 
 
+def _remove_orphan_snapshots(paths: EnginePaths, known: set[str]) -> None:
+    """Snapshots of containers whose record never got written (a create killed half-way).
+    Runs under the containers lock, which every create and rm holds from its first snapshot
+    to its record, so nothing found here is in the middle of being made."""
+    snaps = _image_stores(paths).snapshots
+    orphans = set()
+    for key in snaps.snapshots():
+        cid = key.split("-", 1)[0]
+        if len(cid) == 64 and all(c in "0123456789abcdef" for c in cid) and cid not in known:
+            orphans.add(cid)
+    for cid in orphans:
+        with contextlib.suppress(OverunderError):
+            remove_snapshots(snaps, cid, f"{cid}-init")
+
+
 # -- finding and reconciling -------------------------------------------------------------------
 def _match(paths: EnginePaths, name_or_id: str) -> ContainerRecord:
     records = list_records(paths)
@@ -468,6 +486,8 @@ def list_containers(paths: EnginePaths, *, all_states: bool = True) -> list[Cont
             r = reconcile(paths, found)
         except NotFound:
             continue
+        if not (container_dir(paths, r.id) / "config.v2.json").exists():
+            continue  # --rm took it on the way
         if all_states or r.state.status in (State.RUNNING, State.PAUSED):
             out.append(r)
     out.sort(key=lambda r: r.created_ns, reverse=True)
@@ -570,6 +590,18 @@ def _spec_for(paths: EnginePaths, rec: ContainerRecord, rootfs: Path) -> dict[st
     return build_spec(opts)
 
 
+def _terminal_size(attach: Attach | None) -> list[int]:
+    from overunder.runtime.console import get_winsize
+
+    if attach is None:
+        return []
+    for fd in (attach.stdin, attach.stdout):
+        if fd is not None and os.isatty(fd):
+            with contextlib.suppress(OSError):
+                return list(get_winsize(fd))
+    return []
+
+
 def start_container(
     paths: EnginePaths, name_or_id: str, *, attach: Attach | None = None
 ) -> tuple[ContainerRecord, ShimHandle | None]:
@@ -592,8 +624,9 @@ def start_container(
         for leftover in ("exit.json", "shim.pid", "init.pid"):
             with contextlib.suppress(FileNotFoundError):
                 (rd / leftover).unlink()
-        with contextlib.suppress(OverunderError):
-            rt.delete(rec.id, force=True)  # a runtime record from a crash would block create
+        if (rt.state_root / rec.id).exists():  # a runtime record from a crash blocks create
+            with contextlib.suppress(OverunderError):
+                rt.delete(rec.id, force=True)
         s = _image_stores(paths)
         target = merged_dir(rd)
         mount_rootfs(s.snapshots, rec.snapshot_key, rec.driver, target)
@@ -615,6 +648,9 @@ def start_container(
                 attach=attach is not None,
                 stdin=attach is not None and attach.stdin is not None,
                 tty=bool(rec.config.get("Tty")),
+                # FUSE mounts end through their own process (the engine's unmount does it).
+                unmount_after_exit=str(target) if rec.driver == "overlay" else "",
+                console_size=_terminal_size(attach) if rec.config.get("Tty") else [],
             )
             handle = spawn_shim(
                 cfg,
@@ -665,7 +701,7 @@ def stop_container(
         return rec
     rt = runtime_for(paths, rec.runtime)
     grace = 10.0 if timeout is None else max(0.0, timeout)
-    sig = 15
+    sig = signal_number(str(rec.config.get("StopSignal") or "TERM"))
     with contextlib.suppress(OverunderError):
         rt.kill(rec.id, sig)
     if not _wait_exit(paths, rec, grace):
@@ -750,7 +786,9 @@ def remove_container(
         try:
             unmount_rootfs(merged_dir(rd))
             with contextlib.suppress(OverunderError):
-                runtime_for(paths, rec.runtime).delete(rec.id, force=True)
+                rt = runtime_for(paths, rec.runtime)
+                if (rt.state_root / rec.id).exists():
+                    rt.delete(rec.id, force=True)
             remove_snapshots(_image_stores(paths).snapshots, rec.snapshot_key, rec.init_key)
         except BaseException:
             rec.state.status = State.DEAD

@@ -9,6 +9,7 @@ layer dirs are read directly (:mod:`overunder.explain`).
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import posixpath
 import tarfile
@@ -38,6 +39,7 @@ __all__ = [
     "cat",
     "copy_from_image",
     "explain",
+    "image_source",
     "image_stack",
     "layers",
     "resolve_stack",
@@ -99,6 +101,25 @@ def resolve_stack(paths: EnginePaths, name: str, *, images_only: bool = False) -
         ) from None
 
 
+def _is_image(paths: EnginePaths, name: str) -> bool:
+    try:
+        image_stack(paths, name)
+    except (NotFound, InvalidArgument):
+        return False
+    return True
+
+
+def _files_stack(paths: EnginePaths, name: str, *, images_only: bool = False) -> LayerStack:
+    """The stack of ``name`` for the views that look at files: one with no layers has none."""
+    stack = resolve_stack(paths, name, images_only=images_only)
+    if not stack.layers:
+        raise NotFound(
+            f"{name} has no layers, so it holds no files",
+            hint=f"see 'overunder layers {name}'",
+        )
+    return stack
+
+
 def layers(paths: EnginePaths, name: str) -> LayersReport:
     """``overunder layers NAME``."""
     stack = resolve_stack(paths, name)
@@ -107,7 +128,7 @@ def layers(paths: EnginePaths, name: str) -> LayersReport:
 
 def explain(paths: EnginePaths, name: str, path: str) -> PathReport:
     """``overunder explain NAME PATH``."""
-    stack = resolve_stack(paths, name)
+    stack = _files_stack(paths, name)
     return explain_path(stack, path, stack.probe(clean_path(path)))
 
 
@@ -116,9 +137,9 @@ def tree(paths: EnginePaths, name: str, path: str = "/") -> OverlayTree:
     """``overunder tree NAME [PATH]``: the merged tree (below ``path``) with each entry's layer,
     in the shape ``overunder overlay tree`` renders (:mod:`overunder.mount.view`). The dirs on
     the way to ``path`` are included so that the drawing starts at ``/``."""
-    stack = resolve_stack(paths, name)
+    stack = _files_stack(paths, name)
     rel = clean_path(path)
-    scanned = stack.scan(under=rel)
+    scanned = stack.scan(under=rel, meta=False)  # the drawing shows no sizes or modes
     layers_ = [s.layer for s in scanned]
     refs = [LayerRef(info.name, info.dir) for info in stack.layers]
     if lookup(layers_, rel) is None:
@@ -130,14 +151,21 @@ def tree(paths: EnginePaths, name: str, path: str = "/") -> OverlayTree:
     def hidden(s: Source) -> tuple[HiddenRef, ...]:
         return tuple(HiddenRef("/" + h.path, refs[h.layer]) for h in s.hides)
 
-    slots: dict[str, dict[str, object]] = {}
-    order: list[str] = []
+    # One TreeEntry per path; whiteouts and opaque dirs (few) are attached afterwards.
+    by_path: dict[str, TreeEntry] = {}
+    whiteouts: dict[str, list[tuple[LayerRef, str, tuple[HiddenRef, ...]]]] = {}
+    opaques: dict[str, tuple[LayerRef, tuple[HiddenRef, ...]]] = {}
 
-    def slot(p: str) -> dict[str, object]:
-        if p not in slots:
-            slots[p] = {"whiteouts": []}
-            order.append(p)
-        return slots[p]
+    def entry_of(p: str, src: Source) -> TreeEntry:
+        is_dir = src.entry.kind is Kind.DIR
+        return TreeEntry(
+            path=p,
+            kind=str(src.entry.kind),
+            layer=refs[src.layer],
+            merged_from=tuple(refs[i] for i in src.merged_from) if is_dir else (),
+            hides=hidden(src) if src.hides else (),
+            target=src.entry.target,
+        )
 
     # the dirs on the way down to `rel`, without their other children
     parts = rel.split("/") if rel else []
@@ -145,52 +173,37 @@ def tree(paths: EnginePaths, name: str, path: str = "/") -> OverlayTree:
         anc = "/".join(parts[:n])
         hit = lookup(layers_, anc)
         assert hit is not None
-        slot("/" + anc)["entry"] = Source(
-            anc, SourceKind.ENTRY, hit.layer, hit.entry, hit.merged_from
-        )
-    for s in sources(layers_, rel):
-        sl = slot("/" + s.path)
-        if s.kind is SourceKind.ENTRY:
-            sl["entry"] = s
-        elif s.kind is SourceKind.WHITEOUT:
-            form = scanned[s.layer].whiteout_forms.get(s.path, FORM_CHARDEV)
-            wl = sl["whiteouts"]
-            assert isinstance(wl, list)
-            wl.append((refs[s.layer], form, hidden(s)))
+        src = Source(anc, SourceKind.ENTRY, hit.layer, hit.entry, hit.merged_from)
+        by_path["/" + anc] = entry_of("/" + anc, src)
+    for src in sources(layers_, rel):
+        p = "/" + src.path
+        if src.kind is SourceKind.ENTRY:
+            by_path[p] = entry_of(p, src)
+        elif src.kind is SourceKind.WHITEOUT:
+            form = scanned[src.layer].whiteout_forms.get(src.path, FORM_CHARDEV)
+            whiteouts.setdefault(p, []).append((refs[src.layer], form, hidden(src)))
         else:
-            sl["opaque"] = (refs[s.layer], hidden(s))
-    entries: list[TreeEntry] = []
+            opaques[p] = (refs[src.layer], hidden(src))
+    for p in whiteouts.keys() | opaques.keys():
+        found = by_path.get(p)
+        wl = tuple(whiteouts.get(p, ()))
+        if found is None:
+            by_path[p] = TreeEntry(path=p, kind="whiteout", layer=None, whiteouts=wl)
+        else:
+            by_path[p] = dataclasses.replace(found, whiteouts=wl, opaque=opaques.get(p))
+    entries = [by_path[p] for p in sorted(by_path, key=_path_key)]
     children: dict[str, list[str]] = {}
-    for p in order:
-        sl = slots[p]
-        src = sl.get("entry")
-        wl = sl["whiteouts"]
-        assert isinstance(wl, list)
-        opq = sl.get("opaque")
-        key = p
-        if isinstance(src, Source):
-            entries.append(
-                TreeEntry(
-                    path=key,
-                    kind=str(src.entry.kind),
-                    layer=refs[src.layer],
-                    merged_from=tuple(refs[i] for i in src.merged_from)
-                    if src.entry.kind is Kind.DIR
-                    else (),
-                    hides=hidden(src),
-                    target=src.entry.target,
-                    whiteouts=tuple(wl),
-                    opaque=opq if isinstance(opq, tuple) else None,
-                )
-            )
-        else:
-            entries.append(TreeEntry(path=key, kind="whiteout", layer=None, whiteouts=tuple(wl)))
-        if key != "/":
-            parent = key.rsplit("/", 1)[0] or "/"
-            children.setdefault(parent, []).append(key)
+    for e in entries:
+        if e.path != "/":
+            children.setdefault(e.path.rsplit("/", 1)[0] or "/", []).append(e.path)
     for names in children.values():
         names.sort()
     return OverlayTree(layers=refs, entries=entries, children=children)
+
+
+def _path_key(p: str) -> tuple[str, ...]:
+    """A dir before its subtree, names in order (the order the views list paths in)."""
+    return tuple(p.split("/")[1:]) if p != "/" else ()
 
 
 # -- files out of an image ------------------------------------------------------------------
@@ -198,7 +211,12 @@ def cat(paths: EnginePaths, name: str, path: str, out: BinaryIO) -> int:
     """Write the file ``path`` of image ``name`` to ``out`` (symlinks resolved inside the
     image); returns the byte count. Images only: a container's files change while it runs,
     use ``cp CONTAINER:PATH -`` for those."""
-    stack = resolve_stack(paths, name, images_only=True)
+    if _container_stack(paths, name) is not None and not _is_image(paths, name):
+        raise InvalidArgument(
+            f"{name} is a container; cat reads files of images",
+            hint=f"copy a container's file with 'overunder cp {name}:{path} -'",
+        )
+    stack = _files_stack(paths, name, images_only=True)
     r = resolve(stack, path)
     fd = open_file(r)
     n = 0
@@ -266,6 +284,22 @@ def split_image_arg(arg: str) -> tuple[str, str]:
     return image, path
 
 
+def image_source(paths: EnginePaths, arg: str) -> tuple[str, str] | None:
+    """For ``cp SRC DEST``: (image, path) when ``SRC`` names an image path and **no container**
+    has the name Docker's split gives (containers win, as in Docker); else None."""
+    from overunder.engine.container_cp import split_cp_arg
+
+    name, _ = split_cp_arg(arg)
+    if name is None or _container_stack(paths, name) is not None:
+        return None
+    try:
+        image, path = split_image_arg(arg)
+        image_stack(paths, image)
+    except (NotFound, InvalidArgument):
+        return None
+    return image, path
+
+
 def copy_from_image(
     paths: EnginePaths,
     image: str,
@@ -280,7 +314,7 @@ def copy_from_image(
     from overunder.engine.container_cp import _host_target, _pump
     from overunder.engine.container_cp_extract import OnHost, extract
 
-    stack = resolve_stack(paths, image, images_only=True)
+    stack = _files_stack(paths, image, images_only=True)
     src_abs = src if src.startswith("/") else "/" + src
     contents = src_abs.endswith("/.") or src_abs == "/."
     follow_last = follow or src_abs.endswith("/") or contents

@@ -14,7 +14,8 @@ share of stored bytes the merged view shows (1.0 = nothing wasted).
 Gaps: contents are not hashed, so a copy rewritten with the same size, mode and owner is
 reported as "re-copied (same size)" without saying whether the bytes are identical; the
 layer's own metadata-only changes of directories count as "changed" only when mode or owner
-differ (a dir listed again to hold new children is not a change).
+differ (a dir listed again to hold new children is not a change); redirected dirs
+(``redirect_dir=on`` upper dirs, never in image layers) are not followed.
 """
 
 from __future__ import annotations
@@ -27,7 +28,19 @@ from overunder.explain.scan import ScannedLayer
 from overunder.explain.stack import LayerInfo, LayerStack
 from overunder.semantics import Entry, Kind, Layer, join, lookup, merged_children
 
-__all__ = ["LayerRow", "LayersReport", "Waste", "analyze_layers", "visible_layers"]
+__all__ = ["KIND_WORDS", "LayerRow", "LayersReport", "Waste", "analyze_layers", "visible_layers"]
+
+KIND_WORDS = {
+    "chmod": "chmod re-copy",
+    "chown": "chown re-copy",
+    "rewritten": "re-copy, same size",
+    "replaced": "replaced",
+    "deleted": "deleted",
+    "deleted-parent": "parent dir deleted",
+    "opaque": "opaque dir",
+    "parent-replaced": "parent not a dir",
+}
+"""How each kind of waste is named in the text output."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -204,6 +217,8 @@ def _cause(stack: Sequence[Layer], i: int, path: str, old: Entry) -> tuple[int, 
 def analyze_layers(stack: LayerStack, scanned: Sequence[ScannedLayer]) -> LayersReport:
     """The report for ``stack`` whose layers were read into ``scanned`` (top first)."""
     layers = [s.layer for s in scanned]
+    if not layers:  # an image without layers (a bare config) stores nothing
+        return LayersReport(stack, [])
     visible = visible_layers(layers)
     rows: list[LayerRow] = []
     waste: list[Waste] = []

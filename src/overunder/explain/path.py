@@ -4,7 +4,8 @@ For each layer that holds the path, or hides it (a whiteout at the path, a white
 non-directory at one of its parents, an opaque parent dir), one line says what is there and
 what became of it; the verdict says what the merged view shows and why. Only the entries on
 the path are read from each layer (:meth:`LayerStack.probe`), so the answer does not depend
-on the size of the image.
+on the size of the image. Gap: redirected dirs (``redirect_dir=on`` upper dirs; image
+layers cannot hold them) are not followed to their lower path.
 """
 
 from __future__ import annotations

@@ -30,7 +30,7 @@ from overunder.errors import FailedPrecondition, InvalidArgument, NotFound
 from overunder.layerfs.whiteout import OCI_OPAQUE_MARKER, OCI_WHITEOUT_PREFIX, whiteout_target
 from overunder.semantics import WHITEOUT, Entry, Kind, Layer, Meta, join
 
-__all__ = ["ScannedLayer", "probe", "scan_layer"]
+__all__ = ["NO_META", "ScannedLayer", "probe", "scan_layer"]
 
 _OPAQUE_NAMES = ("trusted.overlay.opaque", "user.overlay.opaque", "user.fuseoverlayfs.opaque")
 _WHITEOUT_NAMES = ("trusted.overlay.whiteout", "user.overlay.whiteout")
@@ -93,14 +93,18 @@ def _meta(st: os.stat_result) -> Meta:
     return meta
 
 
-def _dir_entry(abspath: str, st: os.stat_result) -> tuple[Entry, bytes | None]:
+NO_META = Meta(0)
+"""The metadata of entries read with ``meta=False`` (a placeholder: mode 0, owner 0:0)."""
+
+
+def _dir_entry(abspath: str, st: os.stat_result | None) -> tuple[Entry, bytes | None]:
     """A dir's entry and its raw opaque value (``b"x"`` means: holds xattr whiteouts)."""
     values = _xattrs(abspath)
     opq = _first(values, _OPAQUE_NAMES)
     redirect = _first(values, _REDIRECT_NAMES)
     entry = Entry(
         Kind.DIR,
-        _meta(st),
+        _meta(st) if st is not None else NO_META,
         opaque=opq == b"y",
         redirect=os.fsdecode(redirect) if redirect is not None else None,
     )
@@ -142,14 +146,24 @@ def _walk(
     root_opq: bytes | None,
     out: dict[str, Entry],
     forms: dict[str, str],
+    *,
+    meta: bool,
 ) -> None:
-    """Read the subtree of the dir ``top/rel`` (its own entry is already in ``out``)."""
+    """Read the subtree of the dir ``top/rel`` (its own entry is already in ``out``). Without
+    ``meta``, the dirent type decides and ``lstat`` is skipped for dirs, files and symlinks."""
     todo: list[tuple[str, str, bytes | None]] = [(rel, os.path.join(top, rel), root_opq)]
     while todo:
         rel_dir, absdir, opq = todo.pop()
         markers: set[str] = set()
         seen: set[str] = set()
-        with os.scandir(absdir) as it:
+        try:
+            it = os.scandir(absdir)
+        except FileNotFoundError:
+            if rel_dir == rel:
+                raise
+            del out[rel_dir]  # removed since its parent was read (a live upper dir)
+            continue
+        with it:
             for dent in it:
                 name = dent.name
                 if name.startswith(OCI_WHITEOUT_PREFIX):
@@ -163,11 +177,32 @@ def _walk(
                     if target is not None:
                         markers.add(target)
                     continue
+                child = join(rel_dir, name)
+                if not meta:
+                    try:
+                        if dent.is_dir(follow_symlinks=False):
+                            seen.add(name)
+                            entry, child_opq = _dir_entry(dent.path, None)
+                            out[child] = entry
+                            todo.append((child, dent.path, child_opq))
+                            continue
+                        if dent.is_symlink():
+                            seen.add(name)
+                            target = os.readlink(dent.path)
+                            out[child] = Entry(
+                                Kind.SYMLINK, NO_META, size=len(os.fsencode(target)), target=target
+                            )
+                            continue
+                        if opq != b"x" and dent.is_file(follow_symlinks=False):
+                            seen.add(name)
+                            out[child] = Entry(Kind.FILE, NO_META)
+                            continue
+                    except FileNotFoundError:
+                        continue  # gone since scandir (a running container's upper dir)
                 try:
                     st = dent.stat(follow_symlinks=False)
                 except FileNotFoundError:
                     continue  # gone since scandir (a running container's upper dir)
-                child = join(rel_dir, name)
                 seen.add(name)
                 if stat.S_ISDIR(st.st_mode):
                     entry, child_opq = _dir_entry(dent.path, st)
@@ -237,9 +272,11 @@ def _failed(err: OSError, top: str) -> FailedPrecondition:
     )
 
 
-def scan_layer(path: Path, *, under: str = "") -> ScannedLayer:
+def scan_layer(path: Path, *, under: str = "", meta: bool = True) -> ScannedLayer:
     """Read the layer dir ``path``: everything, or with ``under`` (a clean relative path) only
-    that subtree plus the entries on the way to it."""
+    that subtree plus the entries on the way to it. ``meta=False`` (for views that need only
+    kinds, names, symlink targets, whiteouts and opaque dirs) skips ``lstat`` where the dirent
+    type tells the kind: files then have size 0 and every such entry has :data:`NO_META`."""
     top = os.fspath(path)
     out: dict[str, Entry] = {}
     forms: dict[str, str] = {}
@@ -259,7 +296,7 @@ def scan_layer(path: Path, *, under: str = "") -> ScannedLayer:
                 if entry.kind is not Kind.DIR:
                     return ScannedLayer(Layer.trusted(out), forms)
                 rel, opq = child, child_opq
-        _walk(top, rel, opq, out, forms)
+        _walk(top, rel, opq, out, forms, meta=meta)
     except OSError as err:
         raise _failed(err, top) from err
     return ScannedLayer(Layer.trusted(out), forms)

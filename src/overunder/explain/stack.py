@@ -119,9 +119,10 @@ class LayerStack:
     ident: str
     layers: list[LayerInfo]
 
-    def scan(self, under: str = "") -> list[ScannedLayer]:
-        """Every layer read (the subtree ``under`` only, when given), top first."""
-        return [scan_layer(info.dir, under=under) for info in self.layers]
+    def scan(self, under: str = "", *, meta: bool = True) -> list[ScannedLayer]:
+        """Every layer read (the subtree ``under`` only, when given), top first; ``meta=False``
+        skips what only sizes and modes need (see :func:`scan_layer`)."""
+        return [scan_layer(info.dir, under=under, meta=meta) for info in self.layers]
 
     def probe(self, rel: str) -> list[ScannedLayer]:
         """Only the entries on the path ``rel`` in each layer, top first."""

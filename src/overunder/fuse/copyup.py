@@ -51,7 +51,8 @@ def copy_xattrs(src: str, dst: str) -> None:
             return
         raise
     for name in names:
-        if is_private_xattr(name):
+        # Escaped ones (set through a mount, overlay.overlay.*) belong to the file: copy.
+        if is_private_xattr(name) and ".overlay.overlay." not in name:
             continue
         try:
             value = os.getxattr(src, name, follow_symlinks=False)

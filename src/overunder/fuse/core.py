@@ -8,11 +8,24 @@ renamed lower dir carries ``<ns>redirect`` (relative name within the same parent
 ``<workdir>/work`` and hard-linked lower files are copied once into ``<workdir>/index`` and
 linked from there (like ``index=on``), so their links stay one file.
 
-Differences from the kernel, on purpose: renaming a lower dir succeeds (the kernel needs
-``redirect_dir=on``); hard links survive copy-up (the kernel needs ``index=on``). Gaps: no
-``trusted.overlay.origin``/``impure`` xattrs are written (the kernel recreates what it needs);
-nlink of a partly copied-up hard link is approximate (the larger of the lower and upper
-counts); st_ino may collide when layers sit on different filesystems.
+We behave like the kernel mounted with ``redirect_dir=on,index=on`` (the scenario and
+differential tests compare with exactly that): renaming a lower dir succeeds (the default
+kernel says EXDEV), hard links survive copy-up, and a new dir in a merged dir is made opaque.
+Overlay xattrs set through the mount (``trusted.overlay.X``) are stored escaped
+(``trusted.overlay.overlay.X``), as the kernel does since 6.7.
+
+Unprivileged: whiteouts are char 0/0 devices when the kernel lets this user make them (Linux
+5.8+ does), else ``.wh.<name>`` files; overlay xattrs go to ``user.overlay.*`` when
+``trusted.*`` cannot be written. Both forms are read back by this overlay and fuse-overlayfs
+(the kernel reads only the first: use ``userxattr`` there).
+
+Gaps: no ``trusted.overlay.origin``/``impure`` xattrs are written (the kernel copes without
+them); a hard link is one node, so a write through any of its names copies up the name the
+kernel looked up first (the kernel copies the name used); nlink of a partly copied-up hard
+link is approximate (the larger of the lower and upper counts); lower layers are read once
+per directory and cached, so names added to a lower layer while mounted stay unseen until a
+remount (changed *contents* of lower files are seen, as with the kernel); st_ino may collide
+when layers sit on different filesystems (another node id is then used).
 """
 
 from __future__ import annotations
@@ -101,6 +114,7 @@ class OverlayCore:
         self.nodes = NodeTable(root)
         # Bumped whenever a merged path may change (rename): invalidates the cached paths.
         self.gen = 0
+        self.last_st: os.stat_result | None = None
         self.work: str | None = None
         self.index: str | None = None
         if stack.work is not None:
@@ -139,13 +153,14 @@ class OverlayCore:
             names = os.listxattr(path, follow_symlinks=False)
         except OSError:
             return False, None
-        opaque = False
+        # fuse-overlayfs also marks opaque dirs with a .wh..wh..opq file.
+        opaque = self.stack.upper_has_wh_files and os.path.lexists(f"{path}/.wh..wh..opq")
         redirect: str | None = None
         for name in names:
             if not name.startswith(("trusted.overlay.", "user.overlay.")):
                 continue
             if name.endswith(".opaque"):
-                opaque = os.getxattr(path, name, follow_symlinks=False) == b"y"
+                opaque = opaque or os.getxattr(path, name, follow_symlinks=False) == b"y"
             elif name.endswith(".redirect"):
                 value = os.getxattr(path, name, follow_symlinks=False)
                 redirect = value.decode("utf-8", "surrogateescape")
@@ -203,21 +218,32 @@ class OverlayCore:
                 return True
         return False
 
-    def _has_upper_whiteout(self, parent: Node, name: str) -> bool:
-        if not parent.in_upper:
-            return False
-        base = self.upath(parent)
-        try:
-            st = os.lstat(f"{base}/{name}")
-            return stat.S_ISCHR(st.st_mode) and st.st_rdev == 0
-        except FileNotFoundError:
-            pass
-        if self.stack.upper_has_wh_files:
-            return os.path.lexists(f"{base}/.wh.{name}")
-        return False
+    def _make_primary(self, node: Node, parent: Node, name: str) -> None:
+        """Make (parent, name) the name a hard-linked node works through (its upper path),
+        so an operation on one of its names acts on that name."""
+        if node.parent is parent and node.name == name:
+            return
+        if not node.aliases or node.parent is None:
+            return
+        node.aliases = [
+            (node.parent, node.name) if (p is parent and n == name) else (p, n)
+            for p, n in node.aliases
+        ]
+        node.parent, node.name = parent, name
+        self.gen += 1
+        self._sync_upper(node)
+
+    def _sync_upper(self, node: Node) -> None:
+        """After a hard-linked node's name changed: is that name in the upper dir yet?"""
+        if node.fmt == stat.S_IFDIR:
+            return
+        node.in_upper = self.stack.upper is not None and os.path.lexists(self.upath(node))
 
     def resolve(self, parent: Node, name: str) -> Node | None:
-        """The node for ``name`` in ``parent`` (cached, else resolved), or None."""
+        """The node for ``name`` in ``parent`` (cached, else resolved), or None. When it was
+        resolved just now with a stat of its current object, that stat is left in
+        ``last_st`` (saves the caller a second lstat)."""
+        self.last_st = None
         cached = self.nodes.children.get((parent.nid, name))
         if cached is not None:
             return cached
@@ -296,6 +322,7 @@ class OverlayCore:
                     node.index_key = "upper"
                     self.nodes.by_real[(st.st_dev, st.st_ino)] = node
             self.nodes.add(node)
+            self.last_st = st
             return node
         # Not in upper: the lowers decide.
         for pos, (li, rel) in enumerate(parent.lowers):
@@ -345,8 +372,11 @@ class OverlayCore:
                     index_key=index_key,
                 )
                 if index_key is not None:
-                    lst = os.lstat(path)
                     self.nodes.by_real[(lst.st_dev, lst.st_ino)] = node
+                    if lower_real is not None:
+                        lst = os.lstat(lower_real)
+                if fmt == stat.S_IFREG:
+                    self.last_st = lst
             self.nodes.add(node)
             return node
         return None
@@ -365,7 +395,7 @@ class OverlayCore:
 
     def nlink(self, node: Node, st: os.stat_result) -> int:
         """The link count shown: for a hard link kept through the index, the index's own link
-        does not count, and lower names not yet copied up still do (approximately)."""
+        does not count, and lower names not yet copied up or deleted still do."""
         if node.fmt == stat.S_IFDIR:
             return 1 if node.merged_dir else st.st_nlink
         if node.index_key is None or node.index_key == "upper" or node.lower_real is None:
@@ -375,7 +405,12 @@ class OverlayCore:
             li, rel = node.lowers[0]
             with contextlib.suppress(OSError):
                 lower_n = os.lstat(self.stack.lower_path(li, rel)).st_nlink
-        return max(st.st_nlink - 1, lower_n, 1)
+        upper_n = st.st_nlink - 1  # st is the upper/index inode: its index link not counted
+        if node.consumed == 0:
+            # Found already copied up at lookup (after a remount): which lower names were
+            # consumed is not known; the larger count is the best guess.
+            return max(upper_n, lower_n, 1)
+        return max(upper_n + lower_n - node.consumed, 1)
 
     # ----------------------------------------------------------------- copy-up
     def _need_rw(self) -> None:
@@ -413,6 +448,7 @@ class OverlayCore:
                 via_index = True
             os.link(idx, dst)
             node.lower_real = idx
+            node.consumed += 1
         else:
             _, copied = copy_object(src, tmp)
             os.rename(tmp, dst)
@@ -671,6 +707,7 @@ class OverlayCore:
         self._remove(parent, name, node)
 
     def _remove(self, parent: Node, name: str, node: Node) -> None:
+        self._make_primary(node, parent, name)
         need_wh = self._lower_positive(parent, name)
         self.ensure_upper(parent)
         target = f"{self.upath(parent)}/{name}"
@@ -685,8 +722,12 @@ class OverlayCore:
                 os.unlink(target)
         else:
             self._make_whiteout_at(parent, name, replace=False)
+            if node.index_key is not None and node.index_key != "upper":
+                node.consumed += 1
         self.nodes.unname(parent, name)
         self.gen += 1
+        if node.aliases or node.parent is not parent or node.name != name:
+            self._sync_upper(node)  # another name of the hard link is now the primary
 
     def _drop_upper_dir(self, path: str) -> None:
         """Remove an upper dir that holds nothing visible (only whiteouts): moved into the
@@ -725,7 +766,10 @@ class OverlayCore:
         ):
             raise _err(errno.EINVAL)
         src = self.lookup(op, on)
+        self._make_primary(src, op, on)
         dst = self.resolve(np, nn)
+        if dst is not None:
+            self._make_primary(dst, np, nn)
         if flags & RENAME_NOREPLACE and dst is not None:
             raise _err(errno.EEXIST, nn)
         if flags & RENAME_EXCHANGE:
@@ -833,33 +877,39 @@ class OverlayCore:
         return os.readlink(os.fsencode(self.real(node)))
 
     # ----------------------------------------------------------------- xattrs
+    # Overlay's own xattrs (``trusted.overlay.*``) are stored escaped, as the kernel does
+    # since 6.7 for nested overlays: the name ``trusted.overlay.X`` set through the mount is
+    # ``trusted.overlay.overlay.X`` on disk, so it never changes how this overlay reads the
+    # layer; the real ones stay invisible.
+    def _real_xattr(self, name: str) -> str:
+        ns = self.ns
+        return f"{ns}overlay.{name[len(ns) :]}" if name.startswith(ns) else name
+
     def getxattr(self, node: Node, name: str) -> bytes:
-        if name.startswith(self.ns):
-            raise _err(errno.EOPNOTSUPP)
-        return os.getxattr(self.real(node), name, follow_symlinks=False)
+        return os.getxattr(self.real(node), self._real_xattr(name), follow_symlinks=False)
 
     def listxattr(self, node: Node) -> list[str]:
-        return [
-            n
-            for n in os.listxattr(self.real(node), follow_symlinks=False)
-            if not n.startswith(self.ns)
-        ]
+        ns = self.ns
+        escaped = f"{ns}overlay."
+        out = []
+        for n in os.listxattr(self.real(node), follow_symlinks=False):
+            if n.startswith(escaped):
+                out.append(ns + n[len(escaped) :])
+            elif not n.startswith(ns):
+                out.append(n)
+        return out
 
     def setxattr(self, node: Node, name: str, value: bytes, flags: int) -> None:
         self._need_rw()
-        if name.startswith(self.ns):
-            raise _err(errno.EOPNOTSUPP)
         self.ensure_upper(node)
-        os.setxattr(self.upath(node), name, value, flags, follow_symlinks=False)
+        os.setxattr(self.upath(node), self._real_xattr(name), value, flags, follow_symlinks=False)
 
     def removexattr(self, node: Node, name: str) -> None:
         self._need_rw()
-        if name.startswith(self.ns):
-            raise _err(errno.EOPNOTSUPP)
         # Removing an absent xattr must not copy up.
         self.getxattr(node, name)
         self.ensure_upper(node)
-        os.removexattr(self.upath(node), name, follow_symlinks=False)
+        os.removexattr(self.upath(node), self._real_xattr(name), follow_symlinks=False)
 
     def statfs(self) -> os.statvfs_result:
         return os.statvfs(self.stack.upper or self.stack.lowers[0])

@@ -5,6 +5,12 @@ with a pipe: it mounts, then writes one JSON line to the pipe (``{"ok": true, "p
 ``{"ok": false, "category": ..., "message": ..., "hint": ...}``), closes it and serves requests
 until the filesystem is unmounted (or SIGTERM/SIGINT, which unmount it first). Unexpected errors
 while serving become EIO for the caller and a line in the log, never the end of the process.
+
+Two knobs for measuring, both off by default (bench/fuse_overlay_bench.py numbers in the
+issue's report): ``OVERUNDER_FUSE_WRITEBACK=1`` turns on the kernel's writeback cache (fewer
+WRITE requests for small writes, but a FLUSH on every close: slower file creation here), and
+``OVERUNDER_FUSE_NICE=N`` sets the process's nice value (a negative one helps on a busy
+machine, where every request waits for the single-threaded loop to be scheduled).
 """
 
 from __future__ import annotations
@@ -124,6 +130,12 @@ def serve(cfg: DaemonConfig, ready_fd: int | None) -> int:
     # Each request allocates a few short-lived objects and the node table grows to one object
     # per inode: the default thresholds make full collections scan that table over and over.
     gc.set_threshold(50_000, 20, 100)
+    nice = os.environ.get("OVERUNDER_FUSE_NICE")
+    if nice:
+        try:
+            os.setpriority(os.PRIO_PROCESS, 0, int(nice))
+        except (OSError, ValueError):
+            log.warning("cannot set priority %s", nice)
     tracer = Tracer(Path(cfg.trace) if cfg.trace else None)
     try:
         stack = build_stack(cfg)

@@ -28,6 +28,7 @@ class Node:
     __slots__ = (
         "aliases",
         "cgen",
+        "consumed",
         "cpath",
         "fmt",
         "in_upper",
@@ -74,6 +75,9 @@ class Node:
         self.aliases: list[tuple[Node, str]] = []
         self.cgen = -1
         self.cpath = ""
+        # Lower names of a hard link that no longer count (copied up through the index, or
+        # whited out); in memory only, so nlink is exact until a remount.
+        self.consumed = 0
         # (mtime, size, ino) of a lower file when last opened: its page cache is kept only
         # while that is unchanged.
         self.stamp: tuple[int, int, int] | None = None

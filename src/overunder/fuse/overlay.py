@@ -113,11 +113,12 @@ class OverlayOperations(Operations):
 
     # ------------------------------------------------------------------ names
     def lookup(self, parent: int, name: bytes) -> EntryAttributes:
-        node = self.core.resolve(self._node(parent), _fsdecode(name))
+        core = self.core
+        node = core.resolve(self._node(parent), _fsdecode(name))
         if node is None:
             # A cached "does not exist": only we create names, and we tell the kernel.
             return EntryAttributes(0, entry_timeout=CACHE_TIMEOUT)
-        return self._entry(node)
+        return self._entry(node, core.last_st)
 
     def forget(self, items: list[tuple[int, int]]) -> None:
         forget = self.core.nodes.forget

@@ -26,8 +26,6 @@ import zlib
 from enum import StrEnum
 from typing import BinaryIO, Final, Protocol
 
-import zstandard
-
 from overunder.errors import IntegrityError, InvalidArgument
 
 __all__ = [
@@ -144,6 +142,9 @@ class _ZstdDecoder:
 
     def __init__(self, name: str) -> None:
         self._name = name
+        import zstandard  # only zstd layers pay for importing it
+
+        self._zstd = zstandard
         self._dctx = zstandard.ZstdDecompressor()
         self._d = self._dctx.decompressobj()
         self._tail = b""
@@ -171,7 +172,7 @@ class _ZstdDecoder:
             self._in_frame = True
             try:
                 out = self._d.decompress(piece)
-            except zstandard.ZstdError as err:
+            except self._zstd.ZstdError as err:
                 raise self._fail(f"corrupt zstd data ({err})") from err
             if out:
                 outs.append(out)

@@ -110,6 +110,11 @@ def have_openat2() -> bool:
     return _openat2_ok
 
 
+def _no_nul(path: str) -> None:
+    if "\0" in path:
+        raise InvalidArgument(f"{path!r} contains a NUL byte", hint="no file name can hold one")
+
+
 def split_path(path: str) -> list[str]:
     """Components of ``path`` without empty and ``.`` parts (``..`` kept: resolution decides)."""
     return [p for p in path.split("/") if p not in ("", ".")]
@@ -124,6 +129,7 @@ def resolve_in_root(root: Path, path: str, *, follow_last: bool) -> Path:
     ``follow_last`` is true or ``path`` ends in ``/``. More than :data:`MAX_SYMLINKS` links:
     InvalidArgument. The answer is a name: see the module docstring about races.
     """
+    _no_nul(path)
     follow_last = follow_last or path.endswith("/")
     todo = deque(path.split("/"))
     done: list[str] = []
@@ -157,7 +163,13 @@ def resolve_in_root(root: Path, path: str, *, follow_last: bool) -> Path:
                 f"too many levels of symbolic links resolving {path!r} inside {root}",
                 hint="the path runs into a symlink loop; fix or remove the links",
             )
-        target = os.readlink(candidate)
+        try:
+            target = os.readlink(candidate)
+        except OSError:
+            # Swapped for a non-link (EINVAL) or removed since the lstat: take it as found.
+            missing = not os.path.lexists(candidate)
+            done.append(name)
+            continue
         if target.startswith("/"):
             done = []
         todo.extendleft(reversed(target.split("/")))
@@ -308,6 +320,7 @@ def open_in_root(
     as the last component is not followed (ELOOP unless ``O_PATH``). OS errors propagate as
     OSError (ENOENT, ELOOP, ...) for the caller to word.
     """
+    _no_nul(path)
     path = path or "."
     if not follow_last:
         flags |= os.O_NOFOLLOW
@@ -326,6 +339,7 @@ def open_dir_in_root(root_fd: int, path: str, *, create: bool = False, mode: int
 
     NotFound / FailedPrecondition name the path.
     """
+    _no_nul(path)
     path = path or "."
     try:
         if not create and have_openat2():

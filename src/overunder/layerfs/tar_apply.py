@@ -128,6 +128,8 @@ def _clean_name(raw: str) -> list[str]:
     """Components of an entry name; ValueError with the reason when it is not acceptable."""
     if raw.startswith("/"):
         raise ValueError("absolute names are not allowed in a layer")
+    if "\0" in raw:
+        raise ValueError("names may not contain NUL bytes")
     parts = [p for p in raw.split("/") if p not in ("", ".")]
     if ".." in parts:
         raise ValueError("'..' components are not allowed in a layer")
@@ -434,6 +436,8 @@ class _Applier:
             self._dir_metadata(m, fd, rel)
             return
         if m.issym():
+            if "\0" in m.linkname:
+                raise self._bad(m, "a symlink target may not contain NUL bytes")
             self._make(parent, name, rel, lambda: os.symlink(m.linkname, name, dir_fd=parent))
         elif m.islnk():
             self._hardlink(m, parent, name, rel)
@@ -524,7 +528,11 @@ class _Applier:
 
     def _xattrs(self, m: Member) -> list[tuple[str, bytes]]:
         # a layer must not forge overlay metadata (whiteouts, redirects, opaque flags)
-        return [(k, v) for k, v in m.xattrs if not k.startswith(_FORBIDDEN_XATTR_PREFIXES)]
+        return [
+            (k, v)
+            for k, v in m.xattrs
+            if not k.startswith(_FORBIDDEN_XATTR_PREFIXES) and k and "\0" not in k
+        ]
 
     def _setx(self, target: int | str, name: str, value: bytes) -> None:
         try:

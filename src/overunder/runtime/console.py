@@ -22,7 +22,7 @@ from pathlib import Path
 
 from overunder.errors import FailedPrecondition
 
-__all__ = ["ConsoleSocket", "copy_winsize", "raw_terminal", "set_winsize"]
+__all__ = ["ConsoleSocket", "copy_winsize", "get_winsize", "raw_terminal", "set_winsize"]
 
 
 class ConsoleSocket:

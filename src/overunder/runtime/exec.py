@@ -12,6 +12,7 @@ relay for a pty master we hold.
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import os
 import re
 import secrets
@@ -31,9 +32,7 @@ from overunder.runtime.shim import write_json_atomic
 __all__ = ["exec_process", "relay_terminal"]
 
 # runc's own complaint on stderr: a logrus line, or (with --log set) the bare error text.
-_RUNC_LINE = re.compile(
-    rb'^(time="[^"]*" level=(error|fatal|warning) msg=|(runc )?exec failed: unable to start )'
-)
+_RUNC_LINE = re.compile(rb'^(time="[^"]*" level=(error|fatal|warning) msg=|(runc )?exec failed: )')
 
 
 def _relay_stderr(src: int, dst: int) -> None:
@@ -123,25 +122,30 @@ def exec_process(
     tag = secrets.token_hex(6)
     spec_path = work_dir / f"exec-{tag}.json"
     log_path = work_dir / f"exec-{tag}.log"
+    pid_path = work_dir / f"exec-{tag}.pid"
     write_json_atomic(spec_path, process)
     tty = bool(process.get("terminal"))
+    # runc relays a foreground terminal itself, but only on a terminal of ours (it opens
+    # /dev/tty). Without one (scripts, tests) we run it detached, take the pty master from the
+    # console socket, relay it here and reap the process as its subreaper.
+    relay_here = tty and not detach and not os.isatty(sys.stdin.fileno())
     args = [*runtime.base(log=log_path), "exec", "--process", str(spec_path)]
     console: ConsoleSocket | None = None
     try:
-        if detach:
-            args += ["--detach", "--pid-file", str(work_dir / f"exec-{tag}.pid")]
-        if tty and detach:
-            # runc hands a detached process's pty out over a console socket only; a
-            # foreground one it relays itself (raw mode, SIGWINCH → resize) on our stdio.
+        if detach or relay_here:
+            args += ["--detach", "--pid-file", str(pid_path)]
+        if tty and (detach or relay_here):
             console = ConsoleSocket()
             args += ["--console-socket", str(console.path)]
         args.append(container_id)
+        if relay_here:
+            _become_subreaper()
         err_r, err_w = os.pipe2(os.O_CLOEXEC)
         try:
             proc = subprocess.Popen(
                 args,
-                stdin=None if stdin and not detach else subprocess.DEVNULL,
-                stdout=subprocess.DEVNULL if detach else None,
+                stdin=None if stdin and not detach and not relay_here else subprocess.DEVNULL,
+                stdout=subprocess.DEVNULL if detach or relay_here else None,
                 stderr=err_w,
                 close_fds=True,
             )
@@ -151,24 +155,81 @@ def exec_process(
             target=_relay_stderr, args=(err_r, sys.stderr.fileno()), daemon=True
         )
         relay.start()
+        master: int | None = None
         if console is not None:
             with contextlib.suppress(OverunderError):
-                os.close(console.receive(timeout=30))  # detached: nobody attaches later
+                master = console.receive(timeout=30)
         rc = proc.wait()
         relay.join(timeout=5)
         message = read_runtime_error(log_path)
         if message and rc != 0:
+            if master is not None:
+                os.close(master)
             raise StartError(
                 f"OCI runtime exec failed: {message}: unknown",
                 code=126,
                 hint="check the command's name and that it is executable in the container",
             )
+        if relay_here and master is not None:
+            pid = int(pid_path.read_text().strip())
+            pump = threading.Thread(
+                target=_copy_master, args=(master, sys.stdout.fileno(), stdin), daemon=True
+            )
+            pump.start()
+            rc = _reap(pid)
+            pump.join(timeout=5)
+            os.close(master)
+        elif master is not None:
+            os.close(master)  # detached: nobody attaches later
         if rc < 0:
             return 128 - rc
         return rc
     finally:
         if console is not None:
             console.close()
-        for p in (spec_path, log_path, work_dir / f"exec-{tag}.pid"):
+        for p in (spec_path, log_path, pid_path):
             with contextlib.suppress(FileNotFoundError):
                 p.unlink()
+
+
+def _become_subreaper() -> None:
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.prctl(36, 1, 0, 0, 0)  # PR_SET_CHILD_SUBREAPER
+
+
+def _reap(pid: int) -> int:
+    while True:
+        try:
+            got, status = os.waitpid(-1, 0)
+        except ChildProcessError:
+            return 137
+        except InterruptedError:
+            continue
+        if got == pid:
+            code = os.waitstatus_to_exitcode(status)
+            return 128 - code if code < 0 else code
+
+
+def _copy_master(master: int, out_fd: int, stdin: bool) -> None:
+    if stdin:
+
+        def feed() -> None:
+            try:
+                while True:
+                    data = os.read(sys.stdin.fileno(), 65536)
+                    if not data:
+                        break
+                    os.write(master, data)
+            except OSError:
+                pass
+
+        threading.Thread(target=feed, daemon=True).start()
+    while True:
+        try:
+            data = os.read(master, 65536)
+        except OSError:
+            return  # EIO once the process (the last slave holder) is gone
+        if not data:
+            return
+        with contextlib.suppress(OSError):
+            os.write(out_fd, data)

@@ -31,6 +31,7 @@ import contextlib
 import ctypes
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -42,7 +43,7 @@ from pathlib import Path
 from typing import Any
 
 from overunder.errors import FailedPrecondition, OverunderError
-from overunder.runtime.console import ConsoleSocket
+from overunder.runtime.console import ConsoleSocket, set_winsize
 from overunder.runtime.logs import LogWriter, format_timestamp
 from overunder.runtime.proxy import PortMapping, PortProxy
 from overunder.runtime.runc import (
@@ -64,6 +65,8 @@ __all__ = [
 ]
 
 PR_SET_CHILD_SUBREAPER = 36
+PR_SET_NAME = 15
+MNT_DETACH = 2
 SHIM_MODULE = "overunder.runtime.shim_main"
 
 
@@ -81,6 +84,12 @@ class ShimConfig:
     attach: bool = False  # tee output to the caller's stdout/stderr
     stdin: bool = False  # give the container the caller's stdin (-i)
     tty: bool = False
+    # A kernel mount of the container's tree to take down after the exit (MergedDir goes away
+    # with the container, as in Docker, even when no command comes by to notice the exit).
+    unmount_after_exit: str = ""
+    # rows, cols of the caller's terminal: set on the pty before the process starts, so that
+    # the first thing it draws has the right size (later changes come from the caller).
+    console_size: list[int] = field(default_factory=list)
 
     @property
     def runtime(self) -> RuntimeBinary:
@@ -207,33 +216,52 @@ def spawn_shim(
     stdout: int | None = None,
     stderr: int | None = None,
     timeout: float = 60.0,
+    how: str = "auto",
 ) -> ShimHandle:
     """Start the shim and wait until the container runs (or failed to start).
 
     ``stdin``/``stdout``/``stderr`` are handed to the shim (attached runs); None gives it
     /dev/null, so that a detached shim holds none of the caller's pipes open.
 
+    ``how``: ``"fork"`` forks this process (no new interpreter: ~0.1-0.3 s faster; every fd
+    but the shim's own is closed in the child), ``"exec"`` starts
+    ``python -m overunder.runtime.shim_main``; ``"auto"`` forks only when this process has a
+    single thread (forking a threaded process can inherit locks held by other threads) and
+    ``OVERUNDER_SHIM_EXEC`` is unset.
+
     Raises :class:`StartError` with Docker's exit code when the process cannot start.
     """
     state = Path(cfg.state_dir)
     write_json_atomic(state / "shim.json", asdict(cfg))
+    if how == "auto":
+        single = threading.active_count() == 1
+        how = "fork" if single and not os.environ.get("OVERUNDER_SHIM_EXEC") else "exec"
     ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
     devnull = os.open(os.devnull, os.O_RDWR | os.O_CLOEXEC)
     try:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", SHIM_MODULE, str(state), str(theirs.fileno())],
-            stdin=stdin if stdin is not None else devnull,
-            stdout=stdout if stdout is not None else devnull,
-            stderr=stderr if stderr is not None else devnull,
-            pass_fds=(theirs.fileno(),),
-            close_fds=True,
-            start_new_session=True,
-            cwd="/",
+        stdio = (
+            stdin if stdin is not None else devnull,
+            stdout if stdout is not None else devnull,
+            stderr if stderr is not None else devnull,
         )
+        if how == "fork":
+            first = _fork_shim(state, theirs.fileno(), stdio)
+            os.waitpid(first, 0)  # it exits right after forking the real shim
+        else:
+            proc = subprocess.Popen(
+                [sys.executable, "-m", SHIM_MODULE, str(state), str(theirs.fileno())],
+                stdin=stdio[0],
+                stdout=stdio[1],
+                stderr=stdio[2],
+                pass_fds=(theirs.fileno(),),
+                close_fds=True,
+                start_new_session=True,
+                cwd="/",
+            )
+            proc.wait()  # the first child exits right after forking the real shim
     finally:
         os.close(devnull)
         theirs.close()
-    proc.wait()  # the first child exits right after forking the real shim
     ours.settimeout(timeout)
     messages = _Messages(ours)
     fds = messages.fds
@@ -401,6 +429,9 @@ class _Shim:
                 return 1
             finally:
                 console.close()
+            if len(cfg.console_size) == 2 and all(cfg.console_size):
+                with contextlib.suppress(OSError):
+                    set_winsize(master, cfg.console_size[0], cfg.console_size[1])
             self._start_copier(master, "stdout", 1)
             if cfg.stdin:
                 threading.Thread(target=self._feed_stdin, args=(master,), daemon=True).start()
@@ -434,13 +465,16 @@ class _Shim:
         for t in self.copiers:
             t.join(timeout=5)
         self.log.close()
-        write_json_atomic(
-            self.state / "exit.json",
-            {"ExitCode": status, "FinishedAt": format_timestamp(), "Error": ""},
-        )
+        finished = format_timestamp()
         self.proxy.close()
         with contextlib.suppress(OverunderError, subprocess.SubprocessError):
             self.runtime.delete(cfg.container_id, force=True)
+        if cfg.unmount_after_exit:
+            _unmount_quietly(cfg.unmount_after_exit)
+        write_json_atomic(
+            self.state / "exit.json",
+            {"ExitCode": status, "FinishedAt": finished, "Error": ""},
+        )
         self.send({"exit": status})
         return 0
 
@@ -486,6 +520,43 @@ class _Shim:
             self.runtime.delete(self.cfg.container_id, force=True)
 
 
+def _unmount_quietly(target: str) -> None:
+    """umount2(MNT_DETACH) and rmdir; the engine retries whatever this leaves."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.umount2(target.encode(), MNT_DETACH) == 0:
+        with contextlib.suppress(OSError):
+            os.rmdir(target)
+
+
+def _fork_shim(state: Path, sock_fd: int, stdio: tuple[int, int, int]) -> int:
+    """Fork; the child becomes the shim's first process (see :func:`_daemonize_and_run`).
+    Returns the child's pid to the caller; the child never returns."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    pid = os.fork()
+    if pid != 0:
+        return pid
+    code = 1
+    try:
+        os.setsid()
+        for target, fd in enumerate(stdio):
+            if fd != target:
+                os.dup2(fd, target)
+        # Nothing of the caller's may stay open here: a held flock (the container's record
+        # lock) or a pipe would live as long as the container.
+        os.closerange(3, sock_fd)
+        os.closerange(sock_fd + 1, os.sysconf("SC_OPEN_MAX"))
+        os.chdir("/")
+        for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGWINCH):
+            signal.signal(sig, signal.SIG_DFL)
+        code = _daemonize_and_run(state, sock_fd)
+    except BaseException:  # a forked child must never return into the caller's code
+        with contextlib.suppress(BaseException):
+            traceback.print_exc()
+    finally:
+        os._exit(code)
+
+
 def _daemonize_and_run(state_dir: Path, sock_fd: int) -> int:
     if os.fork() != 0:
         os._exit(0)
@@ -493,6 +564,8 @@ def _daemonize_and_run(state_dir: Path, sock_fd: int) -> int:
         os.setsid()
     libc = ctypes.CDLL(None, use_errno=True)
     libc.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)
+    # A forked shim still shows the CLI's command line; its name at least says what it is.
+    libc.prctl(PR_SET_NAME, b"overunder-shim", 0, 0, 0)
     log_fd = os.open(
         state_dir / "shim.log", os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o600
     )

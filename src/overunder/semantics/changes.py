@@ -148,9 +148,18 @@ def changes_from_upper(upper: LayerView, lowers: Sequence[LayerView]) -> list[Ch
         """Compare the children of a dir of the new tree (merged from ``new_chain``) with the
         old tree's at the same path (``old_chain``; None: no dir there)."""
         start = len(out)
-        names = set(_merged_names(full, new_chain))
-        if old_chain is not None:
-            names.update(_merged_names(low, old_chain))
+        if (
+            old_chain is not None
+            and new_chain
+            and new_chain[0][0] == 0
+            and new_chain[1:] == tuple((i + 1, p) for i, p in old_chain)
+        ):
+            # the lowers show through unchanged: only names the upper holds can differ
+            names = set(upper.children(new_chain[0][1]))
+        else:
+            names = set(_merged_names(full, new_chain))
+            if old_chain is not None:
+                names.update(_merged_names(low, old_chain))
         for name in sorted(names):
             child = join(path, name)
             new = _resolve_child(full, new_chain, name)

@@ -210,6 +210,10 @@ class Source:
     hides: tuple[Hidden, ...] = ()
 
 
+def _is_dir(entry: Entry | None) -> bool:
+    return entry is not None and entry.kind is Kind.DIR
+
+
 def _shadowed(stack: Sequence[LayerView], parent: Chain, start: int, name: str) -> list[Hidden]:
     """Non-whiteout entries named ``name`` in the parent's layers below layer ``start``, down
     to the next whiteout (what lies under that is that whiteout's business)."""
@@ -265,6 +269,9 @@ def sources(stack: Sequence[LayerView], path: str = "") -> list[Source]:
         name = p.rpartition("/")[2]
         merged = tuple(i for i, _ in chain)
         hides = [h for h in _shadowed(stack, parent, layer, name) if h.layer not in merged]
+        if entry.kind is Kind.DIR:
+            # lower dirs below a dir are merged, or cut off by an opaque dir (its own record)
+            hides = [h for h in hides if not _is_dir(stack[h.layer].get(h.path))]
         out.append(Source(p, SourceKind.ENTRY, layer, entry, merged, tuple(hides)))
         if entry.kind is not Kind.DIR:
             return

@@ -30,11 +30,16 @@ Content: ``Entry.data`` is :func:`content_id` of the bytes. Writes that keep par
 content need those bytes: pass them as ``contents`` (id -> bytes); when unknown, the new
 ``data`` is None (unknown) and only the size is right.
 
-Gaps (not modelled): permissions/DAC checks (the caller is root), symlinks in the middle of a
-path are followed but ``..`` is resolved lexically after them, atime/ctime, ``index=on``
-(hard links kept across copy-up, as fuse-overlayfs does), ``metacopy``, trailing slashes,
-RENAME_WHITEOUT (EINVAL, as overlayfs refuses it), sgid inheritance only for the gid and
-dir mode bit.
+Paths are relative to the mount (a leading ``/`` is the mount's root); symlinks are followed
+where the syscall follows them, absolute targets resolve inside the mount (as in a container),
+``..`` is resolved on the real path after a symlink, 40 links give ELOOP.
+
+Gaps (not modelled): permission checks (the caller is root; files are created with the
+model's ``uid``/``gid``, ``mode`` is taken as given, no umask), atime/ctime, ``index=on`` /
+fuse-overlayfs's hard links kept across copy-up, ``metacopy``, trailing slashes, ``.``/``..``
+as the last component, RENAME_WHITEOUT (EINVAL, as overlayfs refuses it), writes to device
+nodes (accepted, no change). Opening a fifo or socket for writing gives ENXIO, as with
+O_NONBLOCK and no reader.
 """
 
 from __future__ import annotations
@@ -80,6 +85,7 @@ _MESSAGES = {
     errno.ELOOP: "Too many levels of symbolic links",
     errno.ENODATA: "No data available",
     errno.EOPNOTSUPP: "Operation not supported",
+    errno.ENXIO: "No such device or address",
 }
 
 
@@ -229,12 +235,8 @@ class OverlayModel:
         if hit is not None:
             if exclusive:
                 raise _err(errno.EEXIST, p)
-            if hit.entry.kind is Kind.DIR:
-                raise _err(errno.EISDIR, p)
-            self._writable(p)
-            if hit.entry.kind is not Kind.FILE:
-                raise _err(errno.EINVAL, p)  # fifos and devices: not modelled
-            self._set_content(p, data, truncate=True)
+            if self._open_check(p, hit, truncating=False):
+                self._set_content(p, data, truncate=True)
             return
         up = self._writable(p)
         parent, _ = split(p)
@@ -405,26 +407,33 @@ class OverlayModel:
     # --- data and metadata -----------------------------------------------------------------
 
     def write(self, path: str, data: bytes, *, offset: int = 0) -> None:
-        """``pwrite`` into an existing file (symlinks followed)."""
+        """``open(O_WRONLY|O_NONBLOCK)`` + ``pwrite`` into an existing file (symlinks
+        followed)."""
         p = self._existing_file(path)
+        if p is None:
+            return
+        if not data:  # opening for writing copies up; writing nothing changes nothing
+            self._copy_up(p)
+            return
         old = self._known_content(p)
         size = self._entry(p).size
         if old is None:
             new_size = max(size, offset + len(data))
-            self._copy_up(p)
-            if data:
-                self._update(p, lambda e: replace(e, size=new_size, data=None, meta=self._mtime(e)))
+            self._update(p, lambda e: replace(e, size=new_size, data=None, meta=self._mtime(e)))
             return
         body = old.ljust(offset, b"\0")
         body = body[:offset] + data + body[offset + len(data) :]
-        self._set_content(p, body, truncate=bool(data))
+        self._set_content(p, body, truncate=True)
 
     def append(self, path: str, data: bytes) -> None:
         p = self._existing_file(path)
-        self.write(p, data, offset=self._entry(p).size)
+        if p is not None:
+            self.write(p, data, offset=self._entry(p).size)
 
     def truncate(self, path: str, size: int) -> None:
-        p = self._existing_file(path)
+        p = self._existing_file(path, truncating=True)
+        if p is None:
+            return
         old = self._known_content(p)
         self._copy_up(p)
         if old is None and size != 0:
@@ -471,7 +480,7 @@ class OverlayModel:
         self._update(p, lambda e: replace(e, meta=e.meta.with_xattr(name, value)))
 
     def removexattr(self, path: str, name: str, *, follow_symlinks: bool = True) -> None:
-        p = self._meta_target(path, follow_symlinks, xattr=name, copy_up=False)
+        p = self._meta_target(path, follow_symlinks, xattr=name)
         if self._entry(p).meta.xattr(name) is None:
             raise _err(errno.ENODATA, p)
         self._update(p, lambda e: replace(e, meta=e.meta.with_xattr(name, None)))
@@ -506,8 +515,10 @@ class OverlayModel:
             parts.append(part)
         return "/".join(parts)
 
-    def _follow(self, parent: str, target: str) -> str:
-        return self._clean(target if target.startswith("/") else join(parent, target))
+    @staticmethod
+    def _follow(parent: str, target: str) -> str:
+        # not cleaned: "..", "." and symlinks in the target are resolved by the path walk
+        return target if target.startswith("/") else join(parent, target)
 
     def _walk_dir(self, parts: list[str], budget: list[int]) -> str:
         """Resolve ``parts`` as a directory path, following symlinks."""
@@ -586,28 +597,46 @@ class OverlayModel:
             raise _err(errno.EROFS, path)
         return self._up
 
-    def _existing_file(self, path: str) -> str:
+    def _existing_file(self, path: str, *, truncating: bool = False) -> str | None:
+        """Resolve a file to be opened for writing (or truncated); None when that changes
+        nothing in the tree (a device node)."""
         p = self._resolve(path, follow=True)
         hit = self._hit(p)
         if hit is None:
             raise _err(errno.ENOENT, p)
-        if hit.entry.kind is Kind.DIR:
-            raise _err(errno.EISDIR, p)
-        self._writable(p)
-        if hit.entry.kind is not Kind.FILE:
-            raise _err(errno.EINVAL, p)
-        return p
+        return p if self._open_check(p, hit, truncating=truncating) else None
 
-    def _meta_target(
-        self, path: str, follow: bool, *, xattr: str | None = None, copy_up: bool = True
-    ) -> str:
+    def _open_check(self, p: str, hit: Hit, *, truncating: bool) -> bool:
+        """The kernel's checks for opening ``p`` for writing (as with O_NONBLOCK) or
+        truncating it, in its order. Special files are never copied up: a fifo or socket
+        without a reader gives ENXIO, a device opens without touching the tree (False)."""
+        kind = hit.entry.kind
+        if kind is Kind.DIR:
+            raise _err(errno.EISDIR, p)
+        if kind is not Kind.FILE:
+            if truncating:
+                raise _err(errno.EINVAL, p)
+            if kind in (Kind.FIFO, Kind.SOCKET):
+                raise _err(errno.ENXIO, p)
+            return False
+        self._writable(p)
+        return True
+
+    def _meta_target(self, path: str, follow: bool, *, xattr: str | None = None) -> str:
         """Resolve the target of a metadata change; ENOENT, then EROFS. ``trusted.overlay.*``
         xattrs set through the mount are stored escaped by the kernel (nested overlays), so
         they are ordinary xattrs here."""
         p = self._resolve(path, follow=follow)
-        if self._hit(p) is None:
+        hit = self._hit(p)
+        if hit is None:
             raise _err(errno.ENOENT, p)
         self._writable(p)
+        if (
+            xattr is not None
+            and xattr.startswith("user.")
+            and hit.entry.kind not in (Kind.FILE, Kind.DIR)
+        ):
+            raise _err(errno.EPERM, p)  # user.* xattrs live on files and dirs only
         return p
 
     def _new_meta(self, parent: str, mode: int, *, is_dir: bool = False) -> Meta:

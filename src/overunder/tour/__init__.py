@@ -1,8 +1,8 @@
 """``overunder tour``: the "Over Under" tutorial replayed for real, step by step.
 
 The tutorial has two halves. :data:`PARTS` maps a part's name to the function that builds its
-steps; today it holds the Linux-level walkthrough (``linux``). The Docker-level half (issue 8)
-is another entry here, built from the same :class:`~overunder.tour.framework.Step` records,
+steps: the Docker-level walkthrough (``docker``, engineer I) and then the Linux-level one
+(``linux``), both built from the same :class:`~overunder.tour.framework.Step` records,
 and runs in the same :class:`~overunder.tour.framework.Tour` (same output, pausing and
 cleanup).
 """
@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+from overunder.tour.docker import docker_steps
 from overunder.tour.framework import CommandResult, Step, StepResult, Tour, TourEnv
 from overunder.tour.linux import linux_steps
 
@@ -18,6 +19,7 @@ __all__ = ["PARTS", "CommandResult", "Step", "StepResult", "Tour", "TourEnv", "s
 
 # Part name -> (heading, step builder), in the order the tour plays them.
 PARTS: dict[str, tuple[str, Callable[[TourEnv], list[Step]]]] = {
+    "docker": ("At the Docker Level", docker_steps),  # engineer I (issue 8)
     "linux": ("At the Linux File System Level", linux_steps),
 }
 

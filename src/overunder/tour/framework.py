@@ -39,6 +39,7 @@ class TourEnv:
     base: Path
     project: Path
     mount_type: str = "overlay"
+    keep: bool = False  # --keep: leave the Docker part's container running (issue 8)
 
 
 @dataclass(frozen=True)
@@ -50,6 +51,10 @@ class Step:
     shows failing (a refused ``rm -rf``): it must fail, and its error is the output.
     ``shown`` replaces a command's text on screen when the tutorial's own line cannot be run
     as is (``sudo su -``); the real command still runs and its output is shown.
+    ``env`` adds variables to the commands' environment (the Docker part's private engine
+    store). ``undo`` are shell lines that remove what the step makes (a container, a
+    registry process): registered when the step starts, they run at cleanup in reverse order,
+    failures ignored, however the tour ends.
     """
 
     number: str
@@ -59,6 +64,8 @@ class Step:
     expect_failure: int | None = None
     cwd: Path | None = None
     shown: tuple[str, ...] | None = None
+    env: tuple[tuple[str, str], ...] = ()
+    undo: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -112,6 +119,7 @@ class Tour:
         self.on_done = on_done
         self.timeout = timeout
         self.leftovers = []
+        self._undo: list[tuple[str, tuple[tuple[str, str], ...]]] = []
 
     @staticmethod
     def make_env(directory: Path | None, *, mount_type: str = "overlay") -> TourEnv:
@@ -138,6 +146,7 @@ class Tour:
             for step in steps:
                 if self.on_step is not None:
                     self.on_step(step)
+                self._undo.extend((line, step.env) for line in step.undo)
                 result = self._run_step(step)
                 done.append(result)
                 if self.on_done is not None:
@@ -155,6 +164,7 @@ class Tour:
                 proc = subprocess.run(
                     ["bash", "-c", _shell_prelude() + command],
                     cwd=cwd,
+                    env={**os.environ, **dict(step.env)} if step.env else None,
                     stdin=subprocess.DEVNULL,
                     stdout=subprocess.PIPE,
                     stderr=subprocess.STDOUT,
@@ -195,6 +205,7 @@ class Tour:
         from overunder.mount import unmount
         from overunder.mount.mountinfo import read_mountinfo
 
+        problems = self._run_undo()
         base = os.path.realpath(self.env.base)
         for _ in range(3):
             targets = sorted(
@@ -214,6 +225,36 @@ class Tour:
                         continue
         left = [e.target for e in read_mountinfo() if e.target.startswith(base + "/")]
         if left:
-            return [f"still mounted: {t}" for t in left] + [f"left in place: {self.env.base}"]
+            return (
+                problems
+                + [f"still mounted: {t}" for t in left]
+                + [f"left in place: {self.env.base}"]
+            )
         shutil.rmtree(self.env.base, ignore_errors=True)
-        return [f"could not remove {self.env.base}"] if self.env.base.exists() else []
+        return problems + ([f"could not remove {self.env.base}"] if self.env.base.exists() else [])
+
+    def _run_undo(self) -> list[str]:
+        """Run the registered undo lines, newest first; what failed, for a warning."""
+        problems: list[str] = []
+        while self._undo:
+            line, env = self._undo.pop()
+            try:
+                proc = subprocess.run(
+                    ["bash", "-c", _shell_prelude() + line],
+                    cwd=self.env.base if self.env.base.is_dir() else "/",
+                    env={**os.environ, **dict(env)} if env else None,
+                    stdin=subprocess.DEVNULL,
+                    stdout=subprocess.PIPE,
+                    stderr=subprocess.STDOUT,
+                    text=True,
+                    errors="replace",
+                    timeout=60,
+                    check=False,
+                )
+            except (OSError, subprocess.TimeoutExpired) as err:
+                problems.append(f"cleanup '{line}' failed: {err}")
+                continue
+            if proc.returncode != 0:
+                last = (proc.stdout.strip().splitlines() or ["no output"])[-1]
+                problems.append(f"cleanup '{line}' failed (exit {proc.returncode}): {last}")
+        return problems

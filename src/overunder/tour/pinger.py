@@ -24,7 +24,7 @@ from pathlib import Path
 
 from overunder.errors import NotFound
 
-__all__ = ["CGI_SCRIPT", "IMPORT_CHANGES", "write_rootfs_tar"]
+__all__ = ["CGI_SCRIPT", "IMPORT_CHANGES", "fetch", "write_rootfs_tar"]
 
 PORT = 3000
 IMPORT_CHANGES = (
@@ -144,8 +144,29 @@ def write_rootfs_tar(out: Path) -> None:
         add("www/cgi-bin/index.cgi", data=CGI_SCRIPT.encode(), mode=0o755)
 
 
+def fetch(url: str, *, attempts: int = 50) -> str:
+    """GET ``url``, retrying while the server starts (connection refused or reset)."""
+    import time
+    import urllib.error
+    import urllib.request
+
+    last: Exception | None = None
+    for _ in range(attempts):
+        try:
+            with urllib.request.urlopen(url, timeout=10) as resp:
+                body: bytes = resp.read()
+                return body.decode("utf-8", "replace")
+        except (urllib.error.URLError, ConnectionError) as err:
+            last = err
+            time.sleep(0.2)
+    raise ConnectionError(f"{url}: {last}")
+
+
 if __name__ == "__main__":
-    if len(sys.argv) != 2:
-        sys.stderr.write("usage: python3 -m overunder.tour.pinger OUT.tar\n")
+    if len(sys.argv) == 3 and sys.argv[1] == "fetch":
+        sys.stdout.write(fetch(sys.argv[2]))
+    elif len(sys.argv) == 2:
+        write_rootfs_tar(Path(sys.argv[1]))
+    else:
+        sys.stderr.write("usage: python3 -m overunder.tour.pinger OUT.tar | fetch URL\n")
         raise SystemExit(2)
-    write_rootfs_tar(Path(sys.argv[1]))

@@ -58,6 +58,24 @@ def run(args: argparse.Namespace, ctx: Context) -> int:
     if src_c is not None:
         if dest == "-":
             ctx.stdout.flush()
+        # -- engineer I (issue 8): IMAGE:PATH as the source, tried only when no container has
+        # that name; the files come straight from the image's layers, no container needed.
+        from overunder.engine.explore import copy_from_image, image_source
+
+        from_image = image_source(ctx.paths, args.src)
+        if from_image is not None:
+            copy_from_image(
+                ctx.paths,
+                from_image[0],
+                from_image[1],
+                dest,
+                stdout=sys.stdout.buffer if dest == "-" else None,
+                follow=args.follow_link,
+            )
+            if dest == "-":
+                sys.stdout.buffer.flush()
+            return 0
+        # -- end of engineer I's edit
         copy_from_container(
             ctx.paths,
             src_c,

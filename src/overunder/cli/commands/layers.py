@@ -42,6 +42,7 @@ def _trunc(text: str, width: int, on: bool) -> str:
 
 def run(args: argparse.Namespace, ctx: Context) -> int:
     from overunder.engine.explore import layers
+    from overunder.explain.layers import KIND_WORDS
 
     report = layers(ctx.paths, args.name)
     top = None if args.top <= 0 else args.top
@@ -81,8 +82,9 @@ def run(args: argparse.Namespace, ctx: Context) -> int:
     ctx.out()
     ctx.out("Wasted space by cause:")
     for cause, kind, n, size in report.by_cause():
+        copies = f"{n} cop{'y' if n == 1 else 'ies'}"
         ctx.out(
-            f"  {human_size(size):>8}  {kind:<15} {n:>6} cop{'y' if n == 1 else 'ies'}  "
+            f"  {human_size(size):>8}  {copies:<11} {KIND_WORDS.get(kind, kind):<20} "
             f"caused by {cause.name}"
         )
     items = report.waste if top is None else report.waste[:top]

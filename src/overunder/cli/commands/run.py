@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import sys
 from typing import Any
 
@@ -47,6 +48,7 @@ def run(args: argparse.Namespace, ctx: Context) -> int:
         start_container,
     )
     from overunder.runtime import StartError
+    from overunder.runtime.console import raw_terminal
 
     try:
         opts = run_options(args, attach=not args.detach)
@@ -60,14 +62,22 @@ def run(args: argparse.Namespace, ctx: Context) -> int:
         sys.stdout.flush()
         sys.stderr.flush()
         attach = Attach(stdin=0 if args.interactive else None, stdout=1, stderr=2)
+    # Raw before the process starts, so its first output is not cooked by our terminal.
+    raw = contextlib.ExitStack()
+    if attach is not None and args.tty and args.interactive:
+        raw.enter_context(raw_terminal(0))
     try:
         rec, handle = start_container(ctx.paths, rec.id, attach=attach)
     except StartError as err:
+        raw.close()
         ctx.error(err)
         if args.rm:
             remove_container(ctx.paths, rec.id, force=True)
         return err.exit_code
-    except OverunderError as err:
+    except BaseException as err:
+        raw.close()
+        if not isinstance(err, OverunderError):
+            raise
         ctx.error(err)
         if args.rm:
             remove_container(ctx.paths, rec.id, force=True)
@@ -83,11 +93,13 @@ def run(args: argparse.Namespace, ctx: Context) -> int:
             kill_container(ctx.paths, rec.id, signal=str(sig))
 
         with (
-            attached_terminal(handle.master_fd, stdin=args.interactive),
-            proxy_signals(send) if not args.tty else _nothing(),
+            raw,
+            attached_terminal(handle.master_fd, stdin=False),
+            proxy_signals(send) if not args.tty else contextlib.nullcontext(),
         ):
             code = handle.wait_exit()
     finally:
+        raw.close()
         handle.close()
     try:
         reconcile(ctx.paths, find_container(ctx.paths, rec.id))
@@ -98,9 +110,3 @@ def run(args: argparse.Namespace, ctx: Context) -> int:
     except OverunderError as err:
         ctx.error(err)
     return code
-
-
-def _nothing() -> Any:
-    import contextlib
-
-    return contextlib.nullcontext()

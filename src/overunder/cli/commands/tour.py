@@ -38,7 +38,15 @@ def register(sub: Any) -> None:
         "--driver",
         choices=["kernel", "fuse"],
         default="kernel",
-        help="overlay driver for the Linux part: kernel (-t overlay) or fuse (-t fuse.overunder)",
+        help="overlay driver: kernel (-t overlay) or fuse (-t fuse.overunder) for the Linux "
+        "part; the Docker part's container runs with --storage-driver fuse",
+    )
+    # --keep: engineer I (issue 8), the Docker part's container is left for exploring.
+    p.add_argument(
+        "--keep",
+        action="store_true",
+        help="leave the Docker part's pinger container (in the normal engine store) for "
+        "exploring; the tour prints how to remove it",
     )
     p.add_argument(
         "--part",
@@ -78,6 +86,10 @@ def run(args: argparse.Namespace, ctx: Context) -> int:
     text = args.format == "text"
     interactive = args.step and text and sys.stdin.isatty() and ctx.stdout.isatty()
     env = Tour.make_env(args.dir, mount_type=mount_type)
+    if args.keep:
+        import dataclasses
+
+        env = dataclasses.replace(env, keep=True)
     plan = steps_for(parts, env)
     first = {id(steps[0]): heading for heading, steps in plan if steps}
 
