@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import io
 import os
+import re
 import subprocess
 import sys
 import tarfile
@@ -44,7 +45,7 @@ def container(engine: EnginePaths, request: pytest.FixtureRequest) -> Iterator[s
     """A fresh fixture container, on the test's ``driver`` parameter if it has one."""
     driver = getattr(request, "param", None) or request.node.funcargs.get("driver", "overlay")
     h.require_driver(driver)
-    name = f"h-cp-{request.node.name}".replace("[", "-").replace("]", "")
+    name = re.sub(r"[^a-zA-Z0-9_.-]", "-", f"h-cp-{request.node.name}")
     h.create(engine, h.FIXTURE, name, driver=driver)
     yield name
     h.remove(engine, name)

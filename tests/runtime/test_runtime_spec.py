@@ -186,7 +186,7 @@ def _config(
             process=ProcessSpec(args=args, env=["PATH=/bin", "HOME=/root"]),
             rootfs=str(rootfs),
             hostname=cid,
-            cgroups_path=f"/overunder-test/{cid}",
+            cgroups_path=f"/overunder/test-{cid}",
         )
     )
     (sd / "bundle" / "config.json").write_text(json.dumps(spec))
