@@ -103,6 +103,8 @@ def container_root(paths: EnginePaths, name_or_id: str) -> Iterator[tuple[Contai
             yield rec, live_dir
             return
         rd = ensure_private(run_dir(paths, rec.id))
+        for stale in rd.glob("tmp-*"):  # left by a copy that was killed: nobody holds them
+            unmount_rootfs(stale)
         target = rd / f"tmp-{secrets.token_hex(4)}"
         snaps = stores(paths).snapshots
         try:
