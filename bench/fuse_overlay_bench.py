@@ -5,6 +5,7 @@ overunder's FUSE overlay, from the same fixture, in one run.
     sudo .venv/bin/python bench/fuse_overlay_bench.py --quick    # small sizes, n=1 (~1 min)
     ... --fs tmpfs                                                # tmpfs instead of a loop ext4
     ... --only ours,kernel  --workloads a,b,c                     # a subset
+    ... --before-src /tmp/old/src --only ours,before,fuse-overlayfs    # compare with old code
 
 Everything lives on a dedicated filesystem (a loop-mounted ext4 over a pre-written image, as
 the reference measured, or tmpfs) under a private temp dir, removed at the end whatever
@@ -30,7 +31,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-TARGETS = ("kernel", "fuse-overlayfs", "ours")
+TARGETS = ("kernel", "fuse-overlayfs", "ours", "before")
 WORKLOADS = [
     ("a", "create 10k x 4 KiB"),
     ("b_warm", "stat 10k, warm"),
@@ -134,6 +135,9 @@ def build_fixture(lower: Path, tarball: Path, sizes: Sizes) -> None:
             tar.add("/usr/include/linux", arcname="include-linux")
 
 
+BEFORE_SRC: str | None = None  # --before-src: the "before" target's daemon runs that code
+
+
 @contextlib.contextmanager
 def mounted(target: str, lower: Path, state: Path) -> Iterator[Path]:
     upper, work, mnt = state / "upper", state / "work", state / "merged"
@@ -148,11 +152,21 @@ def mounted(target: str, lower: Path, state: Path) -> Iterator[Path]:
         from overunder.mount.fuse import mount_fuse
         from overunder.mount.options import parse_overlay_options
 
-        mount_fuse(parse_overlay_options(opts), mnt)
+        # The daemon inherits the environment: PYTHONPATH selects the code it runs.
+        saved = os.environ.get("PYTHONPATH")
+        if target == "before" and BEFORE_SRC:
+            os.environ["PYTHONPATH"] = BEFORE_SRC
+        try:
+            mount_fuse(parse_overlay_options(opts), mnt)
+        finally:
+            if saved is None:
+                os.environ.pop("PYTHONPATH", None)
+            else:
+                os.environ["PYTHONPATH"] = saved
     try:
         yield mnt
     finally:
-        if target == "ours":
+        if target in {"ours", "before"}:
             from overunder.mount.fuse import unmount_fuse
 
             try:
@@ -234,15 +248,23 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--quick", action="store_true", help="small sizes, one repetition")
     p.add_argument("-n", type=int, default=None, help="repetitions (default 3, quick 1)")
     p.add_argument("--fs", choices=("ext4", "tmpfs"), default="ext4")
-    p.add_argument("--only", default=",".join(TARGETS), help="targets, comma separated")
+    p.add_argument("--only", default=",".join(TARGETS[:3]), help="targets, comma separated")
     p.add_argument("--workloads", default=",".join(k for k, _ in WORKLOADS))
+    p.add_argument("--before-src", default=None, help="a src dir with older overunder code: "
+                   "adds the target 'before' (its daemon runs that code)")  # fmt: skip
     args = p.parse_args(argv)
+    global BEFORE_SRC  # a module setting, read by mounted()
+    BEFORE_SRC = args.before_src
     if os.geteuid() != 0:
         print("needs root (mounts, drop_caches)", file=sys.stderr)
         return 2
     sizes = QUICK if args.quick else FULL
     reps = args.n or (1 if args.quick else 3)
-    targets = [t for t in args.only.split(",") if t in TARGETS]
+    default_only = p.get_default("only")
+    only = args.only if args.only != default_only or not BEFORE_SRC else args.only + ",before"
+    targets = [t for t in only.split(",") if t in TARGETS]
+    if "before" in targets and not BEFORE_SRC:
+        targets.remove("before")
     wanted = set(args.workloads.split(","))
     if "fuse-overlayfs" in targets and shutil.which("fuse-overlayfs") is None:
         print("fuse-overlayfs not installed: skipped", file=sys.stderr)

@@ -129,14 +129,48 @@ def test_run_rm_exit_code_and_streams(engine: Path, driver: str) -> None:
     assert r.stdout == "out\n"
     assert r.stderr == "err\n"
     assert ou(engine, "ps", "-aq").stdout == ""
-    # detached --rm: gone once it has exited (and its tree unmounted by the shim at once)
+    # detached --rm: the shim removes it when it exits, with no command coming by to notice
     cid = ou(engine, "run", "-d", "--rm", "--network", "none", "--storage-driver", driver,
-             IMAGE, "true").stdout.strip()  # fmt: skip
-    deadline = time.monotonic() + 10
-    while ou(engine, "ps", "-aq").stdout and time.monotonic() < deadline:
+             IMAGE, "sleep", "1.5").stdout.strip()  # fmt: skip
+    gd = inspect(engine, cid)["GraphDriver"]
+    assert isinstance(gd, dict)
+    merged, upper = Path(gd["Data"]["MergedDir"]), Path(gd["Data"]["UpperDir"])
+    assert upper.exists()
+    leftovers = [engine / "containers" / cid, engine / "run" / "containers" / cid, upper, merged]
+    deadline = time.monotonic() + 15
+    while any(p.exists() for p in leftovers) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert [p for p in leftovers if p.exists()] == []
+    assert str(merged) not in Path("/proc/self/mountinfo").read_text()
+    assert not list((engine / "run" / "runc").glob(cid + "*"))
+    from overunder.engine.images import stores
+    from overunder.engine.paths import EnginePaths
+
+    snaps = stores(EnginePaths.resolve(engine)).snapshots.snapshots()
+    assert [k for k in snaps if k.startswith(cid)] == []
+    assert ou(engine, "ps", "-aq").stdout == ""
+
+
+def test_detached_rm_with_stop_wait_kill_rm(engine: Path) -> None:
+    """Verbs racing the shim's removal of a --rm container still answer as Docker does."""
+    _require_driver("overlay")
+    base = ["run", "-d", "--rm", "--network", "none"]
+    ou(engine, *base, "--name", "rm-stop", IMAGE, "sleep", "100")
+    r = ou(engine, "stop", "-t", "0", "rm-stop")
+    assert (r.returncode, r.stdout) == (0, "rm-stop\n")
+    ou(engine, *base, "--name", "rm-wait", IMAGE, "sh", "-c", "sleep 0.5; exit 7")
+    r = ou(engine, "wait", "rm-wait")
+    assert (r.returncode, r.stdout) == (0, "7\n")
+    ou(engine, *base, "--name", "rm-kill", IMAGE, "sleep", "100")
+    assert ou(engine, "kill", "rm-kill").stdout == "rm-kill\n"
+    ou(engine, *base, "--name", "rm-f", IMAGE, "sleep", "100")
+    r = ou(engine, "rm", "-f", "rm-f")
+    assert (r.returncode, r.stdout) == (0, "rm-f\n")
+    _wait = time.monotonic() + 10
+    while ou(engine, "ps", "-aq").stdout and time.monotonic() < _wait:
         time.sleep(0.1)
     assert ou(engine, "ps", "-aq").stdout == ""
-    assert not (engine / "containers" / cid).exists()
+    assert [d.name for d in (engine / "containers").iterdir() if len(d.name) == 64] == []
 
 
 @pytest.mark.parametrize("driver", DRIVERS)
@@ -750,3 +784,294 @@ def test_image_config_volumes_env_file_entrypoint(
     # exec -t without a terminal of ours: the pty is relayed here, the exit code kept
     r = ou(engine, "exec", "-t", "bg", "sh", "-c", "tty; exit 3")
     assert (r.returncode, r.stdout) == (3, "/dev/pts/0\n")  # text mode folds \r\n
+
+
+# -- seccomp, --security-opt, --privileged ------------------------------------------------------
+PROBE_C = r"""
+#define _GNU_SOURCE
+#include <errno.h>
+#include <sched.h>
+#include <signal.h>
+#include <stdio.h>
+#include <sys/socket.h>
+#include <sys/syscall.h>
+#include <sys/wait.h>
+#include <unistd.h>
+/* "name errno" per call (0 = it succeeded). Each call is harmless when allowed. */
+static void p(const char *n, long r) { printf("%s %d\n", n, r < 0 ? errno : 0); }
+static long fork_with(unsigned long flags) {
+  long r = syscall(SYS_clone, flags | SIGCHLD, 0, 0, 0, 0);
+  if (r == 0) _exit(0);
+  if (r > 0) waitpid((pid_t)r, 0, 0);
+  return r;
+}
+int main(void) {
+  errno = 0; p("unshare", syscall(SYS_unshare, CLONE_NEWUTS));
+  errno = 0; p("mount", syscall(SYS_mount, "t", "/nonexistent", "tmpfs", 0, 0));
+  errno = 0; p("setns", syscall(SYS_setns, -1, 0));
+  errno = 0; p("reboot", syscall(SYS_reboot, 0xfee1dead, 672274793, 0, 0)); /* CAD_OFF */
+  errno = 0; p("swapon", syscall(SYS_swapon, "/nonexistent", 0));
+  errno = 0; p("keyctl", syscall(SYS_keyctl, -1, 0, 0, 0, 0));
+  errno = 0; p("clone3", syscall(SYS_clone3, 0, 0));
+  errno = 0; p("unassigned", syscall(999));
+  errno = 0; p("clone_newns", fork_with(CLONE_NEWNS));
+  errno = 0; p("clone", fork_with(0));
+  errno = 0; p("personality_query", syscall(SYS_personality, 0xffffffffUL));
+  errno = 0; p("personality_norandom", syscall(SYS_personality, 0x0040000));
+  errno = 0; { long r = socket(40, SOCK_STREAM, 0); p("socket_vsock", r); if (r >= 0) close(r); }
+  errno = 0; { long r = socket(AF_UNIX, SOCK_STREAM, 0); p("socket_unix", r);
+               if (r >= 0) close(r); }
+  errno = 0; p("getpid", syscall(SYS_getpid));
+  return 0;
+}
+"""
+EPERM, ENOENT, EINVAL, ENOSYS, EBADF = 1, 2, 22, 38, 9
+
+
+@pytest.fixture(scope="module")
+def probe(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A static binary that tries the calls the seccomp profile decides (in a dir to bind)."""
+    gcc = require_binary("gcc")
+    d = tmp_path_factory.mktemp("probe")
+    (d / "probe.c").write_text(PROBE_C)
+    r = subprocess.run(
+        [gcc, "-static", "-O2", "-o", str(d / "probe"), str(d / "probe.c")],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    require(r.returncode == 0, f"a static C toolchain (gcc -static: {r.stderr.strip()[-200:]})")
+    return d
+
+
+def _probe(engine: Path, probe: Path, *flags: str) -> dict[str, int]:
+    r = ou(engine, "run", "--rm", "--network", "none", "-v", f"{probe}:/probe:ro", *flags,
+           IMAGE, "/probe/probe")  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    return {name: int(code) for name, code in (line.split() for line in r.stdout.splitlines())}
+
+
+def test_seccomp_default_profile_blocks(engine: Path, probe: Path) -> None:
+    _require_driver("overlay")
+    got = _probe(engine, probe)
+    assert got == {
+        "unshare": EPERM,
+        "mount": EPERM,  # refused before the kernel looks at the path (ENOENT unconfined)
+        "setns": EPERM,
+        "reboot": EPERM,
+        "swapon": EPERM,
+        "keyctl": EPERM,
+        "clone3": ENOSYS,  # so that libc falls back to clone, whose flags can be checked
+        "unassigned": ENOSYS,  # newer than the profile: ENOSYS, not EPERM
+        "clone_newns": EPERM,
+        "clone": 0,
+        "personality_query": 0,
+        "personality_norandom": EPERM,
+        "socket_vsock": EPERM,
+        "socket_unix": 0,
+        "getpid": 0,
+    }
+    # unconfined: the kernel's own answers (still no CAP_SYS_ADMIN, so unshare is EPERM)
+    free = _probe(engine, probe, "--security-opt", "seccomp=unconfined")
+    assert free["mount"] == ENOENT
+    assert free["setns"] == EBADF
+    assert free["keyctl"] != EPERM
+    assert free["clone3"] == EINVAL
+    assert free["personality_norandom"] == 0
+    assert free["socket_vsock"] != EPERM
+    assert free["unshare"] == EPERM
+    # --privileged: every capability we hold, no seccomp
+    priv = _probe(engine, probe, "--privileged")
+    assert priv["unshare"] == 0
+    assert priv["clone_newns"] == 0
+    assert priv["reboot"] == EINVAL  # allowed; CAD_OFF is not a pid-namespace reboot command
+
+
+def test_seccomp_profile_file_and_security_opts(
+    engine: Path, probe: Path, tmp_path: Path, names: list[str]
+) -> None:
+    _require_driver("overlay")
+    profile = tmp_path / "deny-getpid.json"
+    profile.write_text(
+        json.dumps(
+            {
+                "defaultAction": "SCMP_ACT_ALLOW",
+                "syscalls": [{"names": ["getpid"], "action": "SCMP_ACT_ERRNO", "errnoRet": 1}],
+            }
+        )
+    )
+    got = _probe(engine, probe, "--security-opt", f"seccomp={profile}")
+    assert got["getpid"] == EPERM
+    assert got["keyctl"] != EPERM
+    r = ou(engine, "run", "--rm", "--security-opt", "seccomp=/no/such.json", IMAGE, "true")
+    assert r.returncode == 125
+    assert "opening seccomp profile (/no/such.json) failed" in r.stderr
+    bad = tmp_path / "bad.json"
+    bad.write_text('{"defaultAction": "SCMP_ACT_NOPE"}')
+    r = ou(engine, "run", "--rm", "--security-opt", f"seccomp={bad}", IMAGE, "true")
+    assert (r.returncode, "unknown action" in r.stderr) == (125, True)
+    r = ou(engine, "run", "--rm", "--security-opt", "apparmor=x", IMAGE, "true")
+    assert (r.returncode, "invalid --security-opt" in r.stderr) == (125, True)
+    # recorded as Docker records it; exec gets the container's no-new-privileges
+    names.append("secopts")
+    r = ou(engine, "run", "-d", "--name", "secopts", "--network", "none",
+           "--security-opt", "no-new-privileges", "--security-opt", "seccomp=unconfined",
+           IMAGE, "sleep", "1000")  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    hc = inspect(engine, "secopts")["HostConfig"]
+    assert isinstance(hc, dict)
+    assert hc["SecurityOpt"] == ["no-new-privileges", "seccomp=unconfined"]
+    r = ou(engine, "exec", "secopts", "grep", "-E", "NoNewPrivs|Seccomp:", "/proc/self/status")
+    assert r.stdout == "NoNewPrivs:\t1\nSeccomp:\t0\n"
+
+
+def test_busybox_works_under_the_default_profile(engine: Path, names: list[str]) -> None:
+    _require_driver("overlay")
+    script = (
+        "set -e; ls / >/dev/null; cat /etc/passwd >/dev/null; ps >/dev/null; date >/dev/null; "
+        "mkdir /tmp/d; echo hi > /tmp/d/f; cp /tmp/d/f /tmp/g; mv /tmp/g /tmp/h; "
+        "ln -s h /tmp/l; cat /tmp/l; sort /etc/group | head -1; "
+        "httpd -p 127.0.0.1:8080 -h /var/www; wget -q -O - http://127.0.0.1:8080/; "
+        "tar cf /tmp/t.tar /etc 2>/dev/null; gzip /tmp/t.tar; id -u; "
+        "( sleep 0.1 & wait ); timeout 2 true; kill -0 $$; grep Seccomp: /proc/self/status"
+    )
+    r = ou(engine, "run", "--rm", "--network", "none", IMAGE, "sh", "-c", script)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.splitlines() == [
+        "hi",
+        "app:x:1000:",
+        "hello from overunder",
+        "0",
+        "Seccomp:\t2",
+    ]
+
+
+# -- pause / unpause -----------------------------------------------------------------------------
+def test_pause_unpause(engine: Path, names: list[str]) -> None:
+    _require_driver("overlay")
+    names.append("paused")
+    r = ou(engine, "run", "-d", "--name", "paused", "--network", "none", IMAGE, "sh", "-c",
+           "trap 'exit 0' TERM; while true; do echo x; sleep 0.05; done")  # fmt: skip
+    cid = r.stdout.strip()
+    assert ou(engine, "pause", "paused").stdout == "paused\n"
+    state = inspect(engine, "paused")["State"]
+    assert isinstance(state, dict)
+    assert (state["Status"], state["Paused"], state["Running"]) == ("paused", True, True)
+    row = ou(engine, "ps").stdout.splitlines()[1]
+    assert row.split("   ")[-1].strip() == "paused"
+    assert "(Paused)" in row
+    assert " Up " in row
+    # frozen: no output while paused
+    n = len(ou(engine, "logs", "paused").stdout.splitlines())
+    time.sleep(0.4)
+    assert len(ou(engine, "logs", "paused").stdout.splitlines()) == n
+    r = ou(engine, "exec", "paused", "true")
+    assert r.returncode == 1
+    assert f"Container {cid} is paused, unpause the container before exec" in r.stderr
+    r = ou(engine, "pause", "paused")
+    assert (r.returncode, f"Container {cid} is already paused" in r.stderr) == (1, True)
+    # commit (engineer H's) freezes only running containers and thaws only what it froze
+    r = ou(engine, "commit", "paused", "k/paused:1")
+    assert r.returncode == 0, r.stderr
+    assert inspect(engine, "paused")["State"]["Status"] == "paused"  # type: ignore[index]
+    ou(engine, "rmi", "k/paused:1")
+    assert ou(engine, "unpause", cid[:12]).stdout == cid[:12] + "\n"
+    r = ou(engine, "unpause", "paused")
+    assert (r.returncode, f"Container {cid} is not paused" in r.stderr) == (1, True)
+    deadline = time.monotonic() + 5
+    while len(ou(engine, "logs", "paused").stdout.splitlines()) == n:
+        assert time.monotonic() < deadline, "no output after unpause"
+        time.sleep(0.05)
+    assert ou(engine, "exec", "paused", "echo", "in").stdout == "in\n"
+    # stop of a paused container: the TERM waits while frozen; SIGKILL and a thaw end it
+    ou(engine, "pause", "paused")
+    t0 = time.monotonic()
+    assert ou(engine, "stop", "-t", "1", "paused").stdout == "paused\n"
+    assert time.monotonic() - t0 < 8
+    state = inspect(engine, "paused")["State"]
+    assert isinstance(state, dict)
+    assert (state["Status"], state["Paused"], state["Running"]) == ("exited", False, False)
+    r = ou(engine, "pause", "paused")
+    assert (r.returncode, f"Container {cid} is not running" in r.stderr) == (1, True)
+    r = ou(engine, "pause", "nosuch")
+    assert (r.returncode, "No such container: nosuch" in r.stderr) == (1, True)
+    # rm -f and kill of a paused container thaw it
+    names.append("paused2")
+    ou(engine, "run", "-d", "--name", "paused2", "--network", "none", IMAGE, "sleep", "1000")
+    ou(engine, "pause", "paused2")
+    assert ou(engine, "kill", "paused2").stdout == "paused2\n"
+    assert ou(engine, "wait", "paused2").stdout == "137\n"
+    ou(engine, "start", "paused2")
+    ou(engine, "pause", "paused2")
+    t0 = time.monotonic()
+    assert ou(engine, "rm", "-f", "paused2").stdout == "paused2\n"
+    assert time.monotonic() - t0 < 8
+    assert "paused2" not in ou(engine, "ps", "-a").stdout
+
+
+# -- --restart -----------------------------------------------------------------------------------
+def _wait_for(pred: object, timeout: float = 15.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not pred():  # type: ignore[operator]
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.05)
+
+
+def test_restart_policies(engine: Path, names: list[str]) -> None:
+    _require_driver("overlay")
+    names += ["rs-fail", "rs-ok", "rs-always"]
+    r = ou(engine, "run", "-d", "--name", "rs-fail", "--network", "none",
+           "--restart", "on-failure:2", IMAGE, "sh", "-c", "echo run; exit 3")  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    ou(engine, "run", "-d", "--name", "rs-ok", "--network", "none",
+       "--restart", "on-failure", IMAGE, "true")  # fmt: skip
+
+    def state(name: str) -> dict[str, object]:
+        data = inspect(engine, name)
+        st = data["State"]
+        assert isinstance(st, dict)
+        return {"status": st["Status"], "code": st["ExitCode"], "count": data["RestartCount"]}
+
+    _wait_for(lambda: state("rs-fail")["status"] == "exited")
+    assert state("rs-fail") == {"status": "exited", "code": 3, "count": 2}
+    assert ou(engine, "logs", "rs-fail").stdout == "run\n" * 3  # the first run and 2 restarts
+    hc = inspect(engine, "rs-fail")["HostConfig"]
+    assert isinstance(hc, dict)
+    assert hc["RestartPolicy"] == {"Name": "on-failure", "MaximumRetryCount": 2}
+    _wait_for(lambda: state("rs-ok")["status"] == "exited")
+    assert state("rs-ok") == {"status": "exited", "code": 0, "count": 0}  # success: no restart
+
+    # always: restarted whatever the code; the published port follows the new process; a stop
+    # ends it for good
+    port = free_port()
+    r = ou(engine, "run", "-d", "--name", "rs-always", "--network", "none", "--restart", "always",
+           "-p", f"127.0.0.1:{port}:8080", IMAGE, "sh", "-c",
+           "httpd -p 8080 -h /var/www; sleep 0.5; exit 0")  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    first_pid = inspect(engine, "rs-always")["State"]["Pid"]  # type: ignore[index]
+
+    def restarted_and_up() -> bool:
+        st = state("rs-always")
+        return st["status"] == "running" and st["count"] != 0
+
+    _wait_for(restarted_and_up)
+    assert inspect(engine, "rs-always")["State"]["Pid"] != first_pid  # type: ignore[index]
+
+    def served() -> bool:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=2) as resp:
+                return bool(resp.read() == b"hello from overunder\n")
+        except OSError:
+            return False
+
+    _wait_for(served)
+    assert ou(engine, "stop", "-t", "1", "rs-always").stdout == "rs-always\n"
+    count = inspect(engine, "rs-always")["RestartCount"]
+    time.sleep(0.8)  # longer than the container's run: a restart would show by now
+    assert state("rs-always")["status"] == "exited"
+    assert inspect(engine, "rs-always")["RestartCount"] == count
+
+    r = ou(engine, "run", "--rm", "--restart", "always", IMAGE, "true")
+    assert (r.returncode, "Conflicting options: --restart and --rm" in r.stderr) == (125, True)
+    r = ou(engine, "run", "--restart", "sometimes", IMAGE, "true")
+    assert (r.returncode, "invalid restart policy 'sometimes'" in r.stderr) == (125, True)

@@ -51,6 +51,12 @@ def test_state_machine() -> None:
     rec.set_state(State.RUNNING)
     rec.set_state(State.EXITED)
     rec.set_state(State.RUNNING)  # start again
+    rec.set_state(State.RESTARTING)  # a restart policy's backoff
+    docker = rec.state.to_docker()
+    assert (docker["Status"], docker["Running"], docker["Restarting"]) == ("restarting", True, True)
+    with pytest.raises(FailedPrecondition, match="cannot go from restarting to paused"):
+        rec.set_state(State.PAUSED)
+    rec.set_state(State.RUNNING)  # restarted by the shim
     with pytest.raises(FailedPrecondition, match="cannot go from running to created"):
         rec.set_state(State.CREATED)
     rec.set_state(State.REMOVING)

@@ -191,6 +191,14 @@ def renameat2(old: Path, new: Path, flags: int) -> None:
 
 
 def remove_tree(path: Path) -> None:
+    """Remove a test's tree, never walking into something still mounted below it (a failed
+    unmount must not turn cleanup into ``rm -rf`` through the mount)."""
+    real = os.path.realpath(path)
+    with open("/proc/self/mountinfo", encoding="utf-8") as fh:
+        targets = [line.split()[4] for line in fh]
+    for target in sorted(targets, key=len, reverse=True):
+        if target.startswith(real.rstrip("/") + "/"):
+            subprocess.run(["umount", "-l", target], check=False, capture_output=True)
     shutil.rmtree(path, ignore_errors=True)
 
 

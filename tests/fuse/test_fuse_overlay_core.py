@@ -88,3 +88,42 @@ def test_trace_events(tmp_path: Path) -> None:
     assert events[1]["style"] == "wh-file"
     assert "copy-up   /f  file 1 bytes from lower 1" in format_event(events[0])
     assert json.loads(trace.read_text().splitlines()[0])["layer"] == 1
+
+
+def test_kill_suidgid_follows_the_vfs_rule(tmp_path: Path) -> None:
+    """Under HANDLE_KILLPRIV_V2 the overlay clears the bits itself: set-user-ID always,
+    set-group-ID when group-executable or the caller is outside the file's group (not root);
+    a lower file is copied up first, the lower layer keeps its bits."""
+    lower, upper, work = _layers(tmp_path)
+    modes = {"s": 0o4755, "sg": 0o6755, "g": 0o2745, "plain": 0o644}
+    for name, mode in {**modes, "g2": 0o2745}.items():
+        (lower / name).write_text(name)
+        os.chmod(lower / name, mode)
+    core = _core(lower, upper, work)
+    outsider = Caller(4242, 4242)
+    for name in modes:
+        core.kill_suidgid(core.lookup(core.root, name), outsider)
+    got = {n: os.lstat(upper / n).st_mode & 0o7777 for n in modes}
+    assert got == {"s": 0o755, "sg": 0o755, "g": 0o745, "plain": 0o644}
+    assert os.lstat(lower / "s").st_mode & 0o7777 == 0o4755
+    core.kill_suidgid(core.lookup(core.root, "g2"), Caller(0, 0))  # root: in every group
+    assert os.lstat(upper / "g2").st_mode & 0o7777 == 0o2745
+    core.kill_suidgid(core.lookup(core.root, "d"), outsider)  # dirs are left alone
+    assert not (upper / "d").exists()
+
+
+def test_make_session_negotiates_killpriv_and_passes_debug(tmp_path: Path) -> None:
+    from overunder.fuse.overlay import OverlayOperations, make_session
+
+    lower, upper, work = _layers(tmp_path)
+    stack = Stack(
+        [str(lower)], str(upper), str(work),
+        whiteout_style=WhiteoutStyle.WH_FILE, xattr_ns=XattrNS.USER,
+    )  # fmt: skip
+    ops = OverlayOperations(stack)
+    try:
+        session = make_session(ops, tmp_path / "m", debug=True)
+        assert session.handle_killpriv_v2
+        assert session.debug
+    finally:
+        ops.destroy()

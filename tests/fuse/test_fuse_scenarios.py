@@ -421,6 +421,109 @@ def statfs_and_fsync(m: Path) -> Result:
     return st.f_bsize > 0
 
 
+# suid/sgid clearing (the VFS rule: set-user-ID always, set-group-ID only when group-executable;
+# on write/truncate only for callers without CAP_FSETID, on chown for everyone).
+_USER = 4242
+
+
+def _as_user(fn: Callable[[], object]) -> object:
+    """Run ``fn`` in a child as uid/gid 4242 (no CAP_FSETID); its result, or the errno name."""
+    r, w = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover (child)
+        code = 0
+        try:
+            os.close(r)
+            os.setgroups([])
+            os.setgid(_USER)
+            os.setuid(_USER)
+            try:
+                out = repr(fn())
+            except OSError as err:
+                out = repr(errname(err))
+            os.write(w, out.encode())
+        except BaseException:
+            code = 1
+        finally:
+            os._exit(code)
+    os.close(w)
+    with os.fdopen(r, "rb") as fh:
+        data = fh.read()
+    _, status = os.waitpid(pid, 0)
+    assert status == 0, "the child running as another user failed"
+    return eval(data.decode())  # the repr of our own str/int/None
+
+
+def _setid_file(path: Path, mode: int) -> None:
+    write(path, "#!/bin/sh\n")
+    os.chmod(path, mode)
+
+
+def _user_append(path: Path) -> None:
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND)
+    try:
+        os.write(fd, b"more\n")
+    finally:
+        os.close(fd)
+
+
+@scenario({"suid": 0o777, "suid+sgid": 0o777, "sgid, g-x": 0o767, "root": 0o4777, "lower": 0o775})
+def write_clears_setuid(m: Path) -> Result:
+    _setid_file(m / "s", 0o4777)
+    _setid_file(m / "sg", 0o6777)
+    _setid_file(m / "g", 0o2767)
+    _setid_file(m / "r", 0o4777)
+    os.chmod(m / "f", 0o4777)  # a lower file: copied up by the chmod
+    os.chmod(m, 0o777)  # copy up the dir too, so the lower file's dir is the same on both
+    os.chmod(m / "f", 0o6775 | 0o002)
+    out: dict[str, object] = {}
+    for key, name in (("suid", "s"), ("suid+sgid", "sg"), ("sgid, g-x", "g")):
+        _as_user(lambda name=name: _user_append(m / name))
+        out[key] = stat.S_IMODE(os.stat(m / name).st_mode)
+    _user_append(m / "r")  # root has CAP_FSETID: nothing cleared
+    out["root"] = stat.S_IMODE(os.stat(m / "r").st_mode)
+    _as_user(lambda: _user_append(m / "f"))
+    out["lower"] = stat.S_IMODE(os.stat(m / "f").st_mode) & ~0o002
+    return out
+
+
+@scenario({"truncate": 0o777, "O_TRUNC": 0o777, "root": 0o4777})
+def truncate_clears_setuid(m: Path) -> Result:
+    _setid_file(m / "t", 0o4777)
+    _setid_file(m / "o", 0o4777)
+    _setid_file(m / "r", 0o4777)
+    _as_user(lambda: os.truncate(m / "t", 1))
+
+    def open_trunc() -> None:
+        os.close(os.open(m / "o", os.O_WRONLY | os.O_TRUNC))
+
+    _as_user(open_trunc)
+    os.truncate(m / "r", 1)
+    return {
+        "truncate": stat.S_IMODE(os.stat(m / "t").st_mode),
+        "O_TRUNC": stat.S_IMODE(os.stat(m / "o").st_mode),
+        "root": stat.S_IMODE(os.stat(m / "r").st_mode),
+    }
+
+
+@scenario({"chown": 0o755, "chown -1 -1": 0o755, "chgrp sgid": 0o755, "sgid, g-x": 0o2745})
+def chown_clears_setuid(m: Path) -> Result:
+    _setid_file(m / "a", 0o4755)
+    _setid_file(m / "b", 0o4755)
+    _setid_file(m / "c", 0o2755)
+    _setid_file(m / "d2", 0o2745)
+    os.chown(m / "a", 0, 0)
+    os.chown(m / "b", -1, -1)
+    os.chown(m / "c", -1, 0)
+    os.chown(m / "d2", 0, 0)
+    return {
+        "chown": stat.S_IMODE(os.stat(m / "a").st_mode),
+        "chown -1 -1": stat.S_IMODE(os.stat(m / "b").st_mode),
+        "chgrp sgid": stat.S_IMODE(os.stat(m / "c").st_mode),
+        "sgid, g-x": stat.S_IMODE(os.stat(m / "d2").st_mode),
+    }
+
+
 # --------------------------------------------------------------------------- the mounts
 @dataclass
 class Mounts:

@@ -12,8 +12,6 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import errno
-import fcntl
-import json
 import logging
 import os
 import re
@@ -32,7 +30,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import require_binary, require_fuse, require_root
+from conftest import dev_fuse_mode_0666, require_binary, require_fuse, require_root
 from overunder.fuse.protocol import InitFlags
 from overunder.fuse.session import (
     ROOT_INODE,
@@ -1097,61 +1095,11 @@ def world_tmp() -> Iterator[Path]:
         shutil.rmtree(path, ignore_errors=True)
 
 
-_DEV_FUSE_STATE = Path(tempfile.gettempdir()) / "overunder-dev-fuse-0666.json"
-
-
-@contextlib.contextmanager
-def dev_fuse_0666() -> Iterator[None]:
-    """Debian's default mode for /dev/fuse (these machines have 0600), for the duration.
-
-    Several test processes may want this at once (the whole suite beside a developer's run):
-    the first one in records the mode, the last one out restores it. Holders are pids in a
-    state file under an flock; dead ones are pruned, so a killed run cannot pin 0666."""
-
-    def update(enter: bool) -> None:
-        lock_fd = os.open(f"{_DEV_FUSE_STATE}.lock", os.O_CREAT | os.O_RDWR, 0o600)
-        try:
-            fcntl.flock(lock_fd, fcntl.LOCK_EX)
-            try:
-                state = json.loads(_DEV_FUSE_STATE.read_text())
-            except (OSError, ValueError):
-                state = {"mode": None, "holders": []}
-            holders = [pid for pid in state["holders"] if _alive(pid) and pid != os.getpid()]
-            if enter:
-                if not holders:
-                    state["mode"] = stat.S_IMODE(os.stat("/dev/fuse").st_mode)
-                holders.append(os.getpid())
-                os.chmod("/dev/fuse", 0o666)
-            elif not holders and state["mode"] is not None:
-                os.chmod("/dev/fuse", state["mode"])
-            if holders:
-                state["holders"] = holders
-                _DEV_FUSE_STATE.write_text(json.dumps(state))
-            else:
-                _DEV_FUSE_STATE.unlink(missing_ok=True)
-        finally:
-            os.close(lock_fd)
-
-    update(enter=True)
-    try:
-        yield
-    finally:
-        update(enter=False)
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 @pytest.fixture
 def fuse_device_0666() -> Iterator[None]:
-    with dev_fuse_0666():
+    """Debian's default mode for /dev/fuse (these machines have 0600), for the duration;
+    shared with other test processes through ``conftest.dev_fuse_mode_0666``."""
+    with dev_fuse_mode_0666():
         yield
 
 

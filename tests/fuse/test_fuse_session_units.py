@@ -12,6 +12,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from conftest import require
 from overunder.errors import InvalidArgument
 from overunder.fuse import protocol as P
 from overunder.fuse.mounting import MS_NODEV, MS_NOSUID, MS_RDONLY, parse_mount_options
@@ -49,8 +50,7 @@ def test_struct_sizes_match_the_kernel_abi() -> None:
 
 
 def test_opcodes_and_flags_match_the_installed_header() -> None:
-    if not HEADER.exists():
-        pytest.skip("needs linux-libc-dev's <linux/fuse.h>")
+    require(HEADER.exists(), "linux-libc-dev's <linux/fuse.h>")
     text = HEADER.read_text()
     for op in P.Opcode:
         if op is P.Opcode.STATX and "FUSE_STATX" not in text:

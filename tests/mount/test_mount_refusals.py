@@ -3,7 +3,6 @@ and the path, the exit code is 1, and /proc/self/mountinfo shows nothing new."""
 
 from __future__ import annotations
 
-import shutil
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -11,6 +10,8 @@ from pathlib import Path
 
 import pytest
 from mount_helpers import cli, mounts_under, overlay_sandbox
+
+from conftest import require_binary
 
 
 @pytest.fixture
@@ -202,9 +203,7 @@ def test_missing_type_and_container_form() -> None:
 
 
 def test_not_root(d: Path) -> None:
-    setpriv = shutil.which("setpriv")
-    if setpriv is None:
-        pytest.skip("needs setpriv (util-linux)")
+    setpriv = require_binary("setpriv")
     before = mounts_under(d)
     r = subprocess.run(
         [

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 from mount_helpers import cli, overlay_sandbox
 
-from conftest import require_fuse
+from conftest import require, require_fuse
 from overunder.mount import mount_entry
 
 
@@ -168,8 +168,7 @@ def test_tree_errors(tmp_path: Path) -> None:
 
 def test_fuse_mount_dispatch_and_tree(tmp_path: Path) -> None:
     """-t fuse.overunder goes to engineer C2's driver; umount and overlay tree find it."""
-    if importlib.util.find_spec("overunder.mount.fuse") is None:
-        pytest.skip("overunder.mount.fuse (the FUSE driver) is not there yet")
+    require(importlib.util.find_spec("overunder.mount.fuse") is not None, "overunder.mount.fuse")
     require_fuse()
     with overlay_sandbox(tmp_path) as d:
         for p in ("l1", "l2", "u", "w", "m"):

@@ -69,10 +69,13 @@ def test_spec_has_docker_defaults() -> None:
     assert "/proc/sys" in linux["readonlyPaths"]
     types = [n["type"] for n in linux["namespaces"]]
     assert sorted(types) == ["ipc", "mount", "network", "pid", "uts"]
-    assert linux["seccomp"]["defaultAction"] == "SCMP_ACT_ALLOW"
-    blocked = linux["seccomp"]["syscalls"][0]["names"]
-    assert "keyctl" in blocked
-    assert "unshare" in blocked
+    seccomp = linux["seccomp"]
+    assert seccomp["defaultAction"] == "SCMP_ACT_ERRNO"  # an allow-list, as Docker's
+    assert seccomp["defaultErrnoRet"] == 1
+    rules = seccomp["syscalls"]
+    allowed = {n for r in rules if r["action"] == "SCMP_ACT_ALLOW" for n in r["names"]}
+    assert {"read", "execve", "chroot"} <= allowed
+    assert not {"keyctl", "unshare", "mount", "reboot"} & allowed
     mounts = {m["destination"]: m for m in spec["mounts"]}  # type: ignore[union-attr]
     assert "ro" in mounts["/sys"]["options"]
     assert mounts["/dev/shm"]["type"] == "tmpfs"

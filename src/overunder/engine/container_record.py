@@ -9,14 +9,15 @@ Volatile, under ``<run_root>/containers/<id>/``: the runc bundle, the shim's fil
 code, runc's log) and the ``merged`` mount point; it may vanish at reboot, and then every
 running container reads as exited.
 
-States and the transitions we allow (Docker's, without restarting/OOM policies)::
+States and the transitions we allow (Docker's, without OOM handling)::
 
     created ──start──▶ running ──exit/stop/kill──▶ exited ──start──▶ running
-       │                 │  ▲                         │
-       │              pause│ │unpause                 │
-       │                 ▼  │                         │
-       │               paused                         │
-       └───────────────rm──▶ removing ◀──rm───────────┘ (running: only rm -f, after a kill)
+       │               │ ▲  │ ▲                        │
+       │          pause│ │  │ │restarted (the shim,    │
+       │               ▼ │  │ │ --restart policy)      │
+       │           paused │  ▼ │                        │
+       │         unpause──┘ restarting ──stop/kill──▶ exited
+       └───────────────rm──▶ removing ◀──rm───────────┘ (live: only rm -f, after a kill)
                               │
                        failure│ ──▶ dead (rm can be retried)
 
@@ -60,6 +61,7 @@ __all__ = [
 class State(StrEnum):
     CREATED = "created"
     RUNNING = "running"
+    RESTARTING = "restarting"  # between two runs under a restart policy (the shim's backoff)
     PAUSED = "paused"
     EXITED = "exited"
     REMOVING = "removing"
@@ -68,7 +70,8 @@ class State(StrEnum):
 
 ALLOWED: dict[State, frozenset[State]] = {
     State.CREATED: frozenset({State.RUNNING, State.REMOVING, State.CREATED, State.EXITED}),
-    State.RUNNING: frozenset({State.EXITED, State.PAUSED, State.REMOVING}),
+    State.RUNNING: frozenset({State.EXITED, State.PAUSED, State.REMOVING, State.RESTARTING}),
+    State.RESTARTING: frozenset({State.RUNNING, State.EXITED, State.REMOVING}),
     State.PAUSED: frozenset({State.RUNNING, State.EXITED, State.REMOVING}),
     State.EXITED: frozenset({State.RUNNING, State.REMOVING, State.EXITED}),
     State.REMOVING: frozenset({State.DEAD, State.REMOVING}),
@@ -91,9 +94,9 @@ class ContainerState:
     def to_docker(self) -> dict[str, Any]:
         return {
             "Status": str(self.status),
-            "Running": self.status in (State.RUNNING, State.PAUSED),
+            "Running": self.status in (State.RUNNING, State.PAUSED, State.RESTARTING),
             "Paused": self.status == State.PAUSED,
-            "Restarting": False,
+            "Restarting": self.status == State.RESTARTING,
             "OOMKilled": self.oom_killed,
             "Dead": self.status == State.DEAD,
             "Pid": self.pid,
@@ -130,6 +133,8 @@ class ContainerRecord:
     additional_gids: list[int] = field(default_factory=list)
     restart_count: int = 0
     created_ns: int = 0
+    # Restarts the current shim has reported (restart_count already includes them).
+    policy_restarts: int = 0
 
     @property
     def short_id(self) -> str:
@@ -198,8 +203,21 @@ def containers_lock(paths: EnginePaths) -> contextlib.AbstractContextManager[Non
     return _flock(base / ".lock")
 
 
-def record_lock(paths: EnginePaths, cid: str) -> contextlib.AbstractContextManager[None]:
-    return _flock(container_dir(paths, cid) / "lock")
+@contextlib.contextmanager
+def record_lock(paths: EnginePaths, cid: str) -> Iterator[None]:
+    """The container's own lock. NotFound when the container is gone (a ``--rm`` shim may
+    remove it at any time): the dir is never re-created here, so nothing is left behind."""
+    try:
+        fd = os.open(
+            container_dir(paths, cid) / "lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600
+        )
+    except FileNotFoundError:
+        raise NotFound(f"No such container: {cid}", hint="see 'overunder ps -a'") from None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)
 
 
 def save_record(paths: EnginePaths, rec: ContainerRecord) -> None:

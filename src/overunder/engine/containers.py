@@ -10,13 +10,34 @@ code; one whose shim is gone (pid dead, or recycled for another process) becomes
 (code 137, ``State.Error`` says the shim died) after its leftovers are killed; in both cases
 the rootfs is unmounted and ``MergedDir`` removed, and ``--rm`` containers are removed.
 
-Gaps: no restart policies, no ``pause`` verb (the state exists), no anonymous volumes (``rm -v``
-has nothing to remove), no UDP ports, no user namespaces.
+**Paused** containers are frozen with ``runc pause`` (the cgroup freezer: v1 ``freezer``
+here, ``cgroup.freeze`` on v2), the same call ``commit`` uses (engineer H's
+``container_commit`` pauses only a *running* container and resumes only what it paused, so a
+user's pause survives a commit). ``stop`` of a paused container does what Docker does: the
+signal waits while frozen; after the grace period SIGKILL goes to every process and the
+cgroup is thawed so that they die. ``kill -s KILL`` and ``rm -f`` thaw too.
+
+**--rm** containers are removed by their shim as soon as they exit (``ShimConfig.on_exit``
+runs :mod:`container_autoremove`); a reconcile removes any it missed.
+
+**--restart** policies run in the shim: after an exit it asks the policy (``on-failure[:N]``:
+a non-zero code, at most N times; ``always`` and ``unless-stopped``: every exit — the same
+thing here, as no daemon restarts), waits Docker's backoff (100 ms doubling, reset after a
+10 s run, at most a minute; ``State.Status`` "restarting" meanwhile) and runs ``runc create``
+and ``start`` again on the same mounted tree, keeping the log and the published ports (their
+relay moves to the new network namespace). It reports in ``restart.json``; reconcile copies
+that into the record (``RestartCount``, ``Pid``, ``StartedAt``). ``stop``, ``kill`` (SIGKILL)
+and ``rm -f`` first drop a stop marker in the run dir, so that no policy restarts what the user
+stopped. Not done: restarting ``always`` containers when the host reboots (no daemon).
+
+Gaps: no anonymous volumes (``rm -v`` has nothing to remove), no UDP ports, no user
+namespaces.
 """
 
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import shutil
 import time
@@ -25,6 +46,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from overunder.engine.container_autoremove import autoremove_argv
 from overunder.engine.container_names import random_name
 from overunder.engine.container_record import (
     ContainerRecord,
@@ -75,7 +97,7 @@ from overunder.runtime import (
 )
 from overunder.runtime.logs import format_timestamp
 from overunder.runtime.runc import signal_number
-from overunder.runtime.shim import write_json_atomic
+from overunder.runtime.shim import STOP_MARKER, read_restart, request_stop, write_json_atomic
 from overunder.runtime.spec import DEFAULT_PATH, build_process
 
 __all__ = [
@@ -90,12 +112,14 @@ __all__ = [
     "kill_container",
     "list_containers",
     "log_path",
+    "pause_container",
     "reconcile",
     "remove_container",
     "restart_container",
     "runtime_for",
     "start_container",
     "stop_container",
+    "unpause_container",
     "wait_container",
 ]
 
@@ -130,6 +154,10 @@ class RunOptions:
     auto_remove: bool = False
     no_new_privileges: bool = False
     attach: bool = False  # not detached (for Config.AttachStdout/err)
+    # Docker's --security-opt items: no-new-privileges, seccomp=unconfined|PROFILE.json
+    security_opt: list[str] = field(default_factory=list)
+    privileged: bool = False
+    restart: str = "no"  # no | on-failure[:N] | always | unless-stopped
 
 
 @dataclass(frozen=True, slots=True)
@@ -206,6 +234,88 @@ def merge_env(base: Sequence[str], extra: Sequence[str]) -> list[str]:
             index[key] = len(out)
             out.append(item)
     return out
+
+
+def parse_security_opts(items: Sequence[str], *, no_new_privileges: bool = False) -> list[str]:
+    """``--security-opt`` values → what ``HostConfig.SecurityOpt`` records (Docker's form):
+    ``no-new-privileges``, ``seccomp=unconfined``, or ``seccomp=<the profile's JSON>`` (the
+    file is read now, as Docker's CLI does, so later edits of it change nothing)."""
+    from overunder.runtime.seccomp import load_profile
+
+    out: list[str] = ["no-new-privileges"] if no_new_privileges else []
+    for raw in items:
+        key, sep, value = raw.partition("=")
+        if not sep:
+            key, sep, value = raw.partition(":")  # Docker's old colon form
+        if key == "no-new-privileges" and value in ("", "true"):
+            if "no-new-privileges" not in out:
+                out.append("no-new-privileges")
+        elif key == "no-new-privileges" and value == "false":
+            out = [o for o in out if o != "no-new-privileges"]
+        elif key == "seccomp" and value == "unconfined":
+            out.append("seccomp=unconfined")
+        elif key == "seccomp" and value:
+            try:
+                text = Path(value).read_text()
+            except OSError as err:
+                raise InvalidArgument(
+                    f"opening seccomp profile ({value}) failed: {err.strerror}",
+                    hint="give the path of a seccomp profile in Docker's JSON format",
+                ) from None
+            profile = load_profile(text, source=value)
+            out.append("seccomp=" + json.dumps(profile, separators=(",", ":")))
+        else:
+            raise InvalidArgument(
+                f"invalid --security-opt: {raw!r}",
+                hint="supported: no-new-privileges, seccomp=unconfined, seccomp=PROFILE.json",
+            )
+    return out
+
+
+@dataclass(frozen=True, slots=True)
+class SecuritySettings:
+    """What a container's ``HostConfig`` says about its confinement."""
+
+    no_new_privileges: bool
+    seccomp: bool
+    seccomp_profile: dict[str, Any] | None
+    privileged: bool
+    capabilities: tuple[str, ...]
+
+
+def security_settings(host_config: dict[str, Any]) -> SecuritySettings:
+    from overunder.runtime.spec import DOCKER_CAPABILITIES, host_capabilities
+
+    opts = list(host_config.get("SecurityOpt") or [])
+    privileged = bool(host_config.get("Privileged"))
+    profile: dict[str, Any] | None = None
+    for o in opts:
+        if o.startswith("seccomp=") and o != "seccomp=unconfined":
+            profile = json.loads(o.removeprefix("seccomp="))
+    return SecuritySettings(
+        no_new_privileges="no-new-privileges" in opts,
+        seccomp="seccomp=unconfined" not in opts and not privileged,
+        seccomp_profile=profile,
+        privileged=privileged,
+        capabilities=host_capabilities() if privileged else DOCKER_CAPABILITIES,
+    )
+
+
+RESTART_POLICIES = ("no", "on-failure", "always", "unless-stopped")
+
+
+def parse_restart_policy(text: str) -> dict[str, Any]:
+    """``--restart`` → Docker's ``HostConfig.RestartPolicy`` object."""
+    name, sep, count = text.partition(":")
+    if name not in RESTART_POLICIES or (sep and (name != "on-failure" or not count.isdigit())):
+        if sep and name in RESTART_POLICIES and name != "on-failure":
+            message = f"maximum retry count cannot be used with restart policy '{name}'"
+        else:
+            message = f"invalid restart policy '{text}'"
+        raise InvalidArgument(
+            message, hint="use --restart no, on-failure[:MAX-RETRIES], always or unless-stopped"
+        )
+    return {"Name": name, "MaximumRetryCount": int(count) if sep else 0}
 
 
 def runtime_for(paths: EnginePaths, name: str) -> RuntimeBinary:
@@ -286,6 +396,13 @@ def create_container(paths: EnginePaths, opts: RunOptions) -> ContainerRecord:
         _parse_volume(v)  # validate now, not at start
     resources = Resources(memory=opts.memory, pids_limit=opts.pids_limit, cpus=opts.cpus)
     resources.to_oci()  # validate now, not at start
+    security_opt = parse_security_opts(opts.security_opt, no_new_privileges=opts.no_new_privileges)
+    restart_policy = parse_restart_policy(opts.restart or "no")
+    if opts.auto_remove and restart_policy["Name"] != "no":
+        raise InvalidArgument(
+            "Conflicting options: --restart and --rm",
+            hint="a container removed at its exit cannot be restarted; drop one of them",
+        )
     image_id, icfg, top_chain, top_dir = resolve_image(paths, opts.image)
 
     entrypoint: list[str]
@@ -376,7 +493,7 @@ def create_container(paths: EnginePaths, opts: RunOptions) -> ContainerRecord:
             "LogConfig": {"Type": "json-file", "Config": {}},
             "NetworkMode": network,
             "PortBindings": port_bindings,
-            "RestartPolicy": {"Name": "no", "MaximumRetryCount": 0},
+            "RestartPolicy": restart_policy,
             "AutoRemove": opts.auto_remove,
             "VolumeDriver": "",
             "VolumesFrom": None,
@@ -392,10 +509,10 @@ def create_container(paths: EnginePaths, opts: RunOptions) -> ContainerRecord:
             "Links": None,
             "OomScoreAdj": 0,
             "PidMode": "",
-            "Privileged": False,
+            "Privileged": opts.privileged,
             "PublishAllPorts": False,
             "ReadonlyRootfs": opts.read_only,
-            "SecurityOpt": ["no-new-privileges"] if opts.no_new_privileges else None,
+            "SecurityOpt": security_opt or None,
             "UTSMode": "",
             "UsernsMode": "",
             "ShmSize": 67108864,
@@ -479,7 +596,8 @@ def find_container(paths: EnginePaths, name_or_id: str) -> ContainerRecord:
 
 
 def list_containers(paths: EnginePaths, *, all_states: bool = True) -> list[ContainerRecord]:
-    """Newest first, reconciled; only running/paused ones unless ``all_states``."""
+    """Newest first, reconciled; only live ones (running, paused, restarting) unless
+    ``all_states``."""
     out = []
     for found in list_records(paths):
         try:
@@ -488,14 +606,43 @@ def list_containers(paths: EnginePaths, *, all_states: bool = True) -> list[Cont
             continue
         if not (container_dir(paths, r.id) / "config.v2.json").exists():
             continue  # --rm took it on the way
-        if all_states or r.state.status in (State.RUNNING, State.PAUSED):
+        if all_states or _is_live(r):
             out.append(r)
     out.sort(key=lambda r: r.created_ns, reverse=True)
     return out
 
 
 def _is_live(rec: ContainerRecord) -> bool:
-    return rec.state.status in (State.RUNNING, State.PAUSED)
+    """Has a shim (running, paused, or between two runs of a restart policy)."""
+    return rec.state.status in (State.RUNNING, State.PAUSED, State.RESTARTING)
+
+
+def _sync_restarts(paths: EnginePaths, rec: ContainerRecord, rd: Path) -> ContainerRecord:
+    """Take in what a live shim reported of its restarts (``restart.json``)."""
+    info = read_restart(rd)
+    if info is None or rec.state.status == State.PAUSED:
+        return rec
+    want = State.RESTARTING if info.restarting else State.RUNNING
+    if info.count == rec.policy_restarts and rec.state.status == want:
+        return rec
+    with record_lock(paths, rec.id):
+        rec = load_record(paths, rec.id)
+        if not _is_live(rec) or rec.state.status == State.PAUSED:
+            return rec
+        if info.count > rec.policy_restarts:
+            rec.restart_count += info.count - rec.policy_restarts
+            rec.policy_restarts = info.count
+        if rec.state.status != want:
+            rec.set_state(want)
+        if info.restarting:
+            rec.state.pid = 0
+            rec.state.exit_code = info.exit_code
+            rec.state.finished_at = info.finished_at
+        else:
+            rec.state.pid = info.pid
+            rec.state.started_at = info.started_at
+        save_record(paths, rec)
+    return rec
 
 
 def reconcile(paths: EnginePaths, rec: ContainerRecord) -> ContainerRecord:
@@ -504,7 +651,7 @@ def reconcile(paths: EnginePaths, rec: ContainerRecord) -> ContainerRecord:
         return rec
     rd = run_dir(paths, rec.id)
     if read_exit(rd) is None and shim_alive(rd):
-        return rec
+        return _sync_restarts(paths, rec, rd)
     with record_lock(paths, rec.id):
         rec = load_record(paths, rec.id)
         if not _is_live(rec):
@@ -512,6 +659,10 @@ def reconcile(paths: EnginePaths, rec: ContainerRecord) -> ContainerRecord:
         ex = read_exit(rd)
         if ex is None and shim_alive(rd):
             return rec
+        info = read_restart(rd)
+        if info is not None and info.count > rec.policy_restarts:
+            rec.restart_count += info.count - rec.policy_restarts
+            rec.policy_restarts = info.count
         if ex is not None:
             rec.state.exit_code = ex.exit_code
             rec.state.finished_at = ex.finished_at
@@ -564,6 +715,7 @@ def _spec_for(paths: EnginePaths, rec: ContainerRecord, rootfs: Path) -> dict[st
         Path(b.source).mkdir(parents=True, exist_ok=True) if not os.path.exists(b.source) else None
         binds.append(b)
     hc = rec.host_config
+    sec = security_settings(hc)
     opts = SpecOptions(
         process=ProcessSpec(
             args=[rec.path, *rec.args],
@@ -573,7 +725,8 @@ def _spec_for(paths: EnginePaths, rec: ContainerRecord, rootfs: Path) -> dict[st
             gid=user.gid,
             additional_gids=user.additional_gids,
             terminal=bool(rec.config.get("Tty")),
-            no_new_privileges=bool(hc.get("SecurityOpt")),
+            no_new_privileges=sec.no_new_privileges,
+            capabilities=sec.capabilities,
         ),
         rootfs=str(rootfs),
         hostname=rec.config["Hostname"],
@@ -586,6 +739,9 @@ def _spec_for(paths: EnginePaths, rec: ContainerRecord, rootfs: Path) -> dict[st
             cpus=(hc.get("NanoCpus") or 0) / 1e9 or None,
         ),
         cgroups_path=f"/overunder/{rec.id}",
+        seccomp=sec.seccomp,
+        seccomp_profile=sec.seccomp_profile,
+        privileged=sec.privileged,
     )
     return build_spec(opts)
 
@@ -621,7 +777,7 @@ def start_container(
         rt = runtime_for(paths, rec.runtime)
         ensure_private(paths.run_root / "containers")
         rd = ensure_private(run_dir(paths, rec.id))
-        for leftover in ("exit.json", "shim.pid", "init.pid"):
+        for leftover in ("exit.json", "shim.pid", "init.pid", "restart.json", STOP_MARKER):
             with contextlib.suppress(FileNotFoundError):
                 (rd / leftover).unlink()
         if (rt.state_root / rec.id).exists():  # a runtime record from a crash blocks create
@@ -634,6 +790,7 @@ def start_container(
             spec = _spec_for(paths, rec, target)
             bundle = rd / "bundle"
             bundle.mkdir(mode=0o700, exist_ok=True)
+            policy = rec.host_config.get("RestartPolicy") or {}
             write_json_atomic(bundle / "config.json", spec)
             cfg = ShimConfig(
                 container_id=rec.id,
@@ -651,6 +808,9 @@ def start_container(
                 # FUSE mounts end through their own process (the engine's unmount does it).
                 unmount_after_exit=str(target) if rec.driver == "overlay" else "",
                 console_size=_terminal_size(attach) if rec.config.get("Tty") else [],
+                on_exit=autoremove_argv(paths, rec.id) if rec.host_config.get("AutoRemove") else [],
+                restart_policy=str(policy.get("Name") or "no"),
+                restart_max=int(policy.get("MaximumRetryCount") or 0),
             )
             handle = spawn_shim(
                 cfg,
@@ -668,6 +828,7 @@ def start_container(
             unmount_rootfs(target)
             raise
         rec.set_state(State.RUNNING)
+        rec.policy_restarts = 0
         rec.state.pid = handle.pid
         rec.state.exit_code = 0
         rec.state.error = ""
@@ -700,6 +861,7 @@ def stop_container(
     if not _is_live(rec):
         return rec
     rt = runtime_for(paths, rec.runtime)
+    request_stop(run_dir(paths, rec.id))  # no restart policy applies after a stop
     grace = 10.0 if timeout is None else max(0.0, timeout)
     sig = signal_number(str(rec.config.get("StopSignal") or "TERM"))
     with contextlib.suppress(OverunderError):
@@ -707,12 +869,64 @@ def stop_container(
     if not _wait_exit(paths, rec, grace):
         with contextlib.suppress(OverunderError):
             rt.kill(rec.id, 9, all_processes=True)
+        _thaw(rt, rec)
         if not _wait_exit(paths, rec, 10.0):
             raise FailedPrecondition(
                 f"container {rec.name} did not stop after SIGKILL",
                 hint="see 'overunder inspect' and the shim.log in its run dir",
             )
-    return reconcile(paths, load_record(paths, rec.id))
+    return _reconciled_or_gone(paths, rec)
+
+
+def _reconciled_or_gone(paths: EnginePaths, rec: ContainerRecord) -> ContainerRecord:
+    """The record after an exit; the last one we had when a ``--rm`` shim already removed
+    the container (stop and kill of such a container succeed, as in Docker)."""
+    try:
+        return reconcile(paths, load_record(paths, rec.id))
+    except NotFound:
+        return rec
+
+
+def _thaw(rt: RuntimeBinary, rec: ContainerRecord) -> None:
+    """Resume a paused container's cgroup so that a SIGKILL sent to it takes effect."""
+    if rec.state.status == State.PAUSED:
+        with contextlib.suppress(OverunderError):
+            rt.resume(rec.id)
+
+
+def pause_container(paths: EnginePaths, name_or_id: str) -> ContainerRecord:
+    """``docker pause``: freeze every process of the container (``runc pause``)."""
+    rec = find_container(paths, name_or_id)
+    with record_lock(paths, rec.id):
+        rec = load_record(paths, rec.id)
+        if rec.state.status == State.PAUSED:
+            raise FailedPrecondition(
+                f"Container {rec.id} is already paused", hint=f"'overunder unpause {name_or_id}'"
+            )
+        if rec.state.status != State.RUNNING:
+            raise FailedPrecondition(
+                f"Container {rec.id} is not running",
+                hint=f"start it with 'overunder start {name_or_id}'",
+            )
+        rec.set_state(State.PAUSED)
+        runtime_for(paths, rec.runtime).pause(rec.id)
+        save_record(paths, rec)
+    return rec
+
+
+def unpause_container(paths: EnginePaths, name_or_id: str) -> ContainerRecord:
+    """``docker unpause``: thaw a paused container."""
+    rec = find_container(paths, name_or_id)
+    with record_lock(paths, rec.id):
+        rec = load_record(paths, rec.id)
+        if rec.state.status != State.PAUSED:
+            raise FailedPrecondition(
+                f"Container {rec.id} is not paused", hint="see its state with 'overunder ps -a'"
+            )
+        rec.set_state(State.RUNNING)
+        runtime_for(paths, rec.runtime).resume(rec.id)
+        save_record(paths, rec)
+    return rec
 
 
 def kill_container(paths: EnginePaths, name_or_id: str, *, signal: str = "KILL") -> ContainerRecord:
@@ -724,11 +938,14 @@ def kill_container(paths: EnginePaths, name_or_id: str, *, signal: str = "KILL")
             hint="start it first",
         )
     rt = runtime_for(paths, rec.runtime)
+    if sig == 9:
+        request_stop(run_dir(paths, rec.id))
     with contextlib.suppress(NotFound):
         rt.kill(rec.id, sig)
     if sig == 9:
+        _thaw(rt, rec)
         _wait_exit(paths, rec, 10.0)
-        return reconcile(paths, load_record(paths, rec.id))
+        return _reconciled_or_gone(paths, rec)
     return rec
 
 
@@ -737,7 +954,14 @@ def wait_container(paths: EnginePaths, name_or_id: str) -> int:
     rec = find_container(paths, name_or_id)
     if _is_live(rec):
         _wait_exit(paths, rec, None)
-        rec = reconcile(paths, load_record(paths, rec.id))
+        # Read the code before a --rm shim's removal can take the run dir with it.
+        ex = read_exit(run_dir(paths, rec.id))
+        try:
+            rec = reconcile(paths, load_record(paths, rec.id))
+        except NotFound:
+            if ex is None:
+                raise
+            return ex.exit_code
     return rec.state.exit_code
 
 
@@ -770,14 +994,18 @@ def remove_container(
                 "attempting removal or force remove",
                 hint=f"use 'overunder rm -f {name_or_id}'",
             )
+        request_stop(run_dir(paths, rec.id))
         with contextlib.suppress(OverunderError):
-            runtime_for(paths, rec.runtime).kill(rec.id, 9, all_processes=True)
+            rt = runtime_for(paths, rec.runtime)
+            rt.kill(rec.id, 9, all_processes=True)
+            _thaw(rt, rec)
         _wait_exit(paths, rec, 10.0)
-    with containers_lock(paths), record_lock(paths, rec.id):
+    with containers_lock(paths), contextlib.ExitStack() as held:
         try:
+            held.enter_context(record_lock(paths, rec.id))
             rec = load_record(paths, rec.id)
         except NotFound:
-            return rec
+            return rec  # removed meanwhile (a --rm shim, or another rm)
         rd = run_dir(paths, rec.id)
         if _is_live(rec) and read_exit(rd) is None and shim_alive(rd):
             raise FailedPrecondition(f"container {rec.name} is still running after SIGKILL")
@@ -807,17 +1035,21 @@ def remove_container(
 def exec_in_container(paths: EnginePaths, name_or_id: str, opts: ExecOptions) -> int:
     """``docker exec``; the process's exit code (0 at once with ``detach``)."""
     from overunder.runtime.exec import exec_process
-    from overunder.runtime.spec import DOCKER_CAPABILITIES
 
     rec = find_container(paths, name_or_id)
     if rec.state.status == State.PAUSED:
         raise FailedPrecondition(f"Container {rec.id} is paused, unpause the container before exec")
+    if rec.state.status == State.RESTARTING:
+        raise FailedPrecondition(
+            f"Container {rec.id} is restarting, wait until the container is running"
+        )
     if rec.state.status != State.RUNNING:
         raise FailedPrecondition(
             f"Container {rec.id} is not running",
             hint=f"start it with 'overunder start {name_or_id}'",
         )
     rootfs = merged_dir(run_dir(paths, rec.id))
+    sec = security_settings(rec.host_config)
     if opts.user is not None:
         u = resolve_user(rootfs, opts.user)
         uid, gid, extra, home = u.uid, u.gid, list(u.additional_gids), u.home
@@ -843,8 +1075,8 @@ def exec_in_container(paths: EnginePaths, name_or_id: str, opts: ExecOptions) ->
             gid=gid,
             additional_gids=extra,
             terminal=opts.tty,
-            no_new_privileges=bool(rec.host_config.get("SecurityOpt")),
-            capabilities=DOCKER_CAPABILITIES,
+            no_new_privileges=sec.no_new_privileges,
+            capabilities=sec.capabilities,
         )
     )
     rt = runtime_for(paths, rec.runtime)

@@ -66,6 +66,21 @@ _KIND = {
 }
 
 
+def _in_group(caller: Caller, gid: int) -> bool:
+    """Whether the caller's fs gid or one of its supplementary groups is ``gid`` (read from
+    /proc: FUSE requests carry only the fs gid)."""
+    if caller.gid == gid:
+        return True
+    try:
+        with open(f"/proc/{caller.pid}/status", encoding="ascii") as fh:
+            for line in fh:
+                if line.startswith("Groups:"):
+                    return str(gid) in line.split()[1:]
+    except OSError:
+        pass
+    return False
+
+
 def _err(code: int, what: str = "") -> OSError:
     return OSError(code, os.strerror(code), what)
 
@@ -872,6 +887,29 @@ class OverlayCore:
                 atime_ns = st.st_atime_ns if atime_ns is None else atime_ns
                 mtime_ns = st.st_mtime_ns if mtime_ns is None else mtime_ns
             os.utime(path, ns=(atime_ns, mtime_ns), follow_symlinks=False)
+
+    def kill_suidgid(self, node: Node, caller: Caller | None) -> None:
+        """Clear set-user-ID, and set-group-ID if group-executable or if ``caller`` is neither
+        in the file's group nor root, of a non-directory: what the VFS does on a write or
+        truncate by a caller without CAP_FSETID and on chown (the FUSE kernel leaves it to us
+        under HANDLE_KILLPRIV_V2). Root stands in for "has CAP_FSETID"."""
+        if node.fmt in {stat.S_IFDIR, stat.S_IFLNK}:
+            return
+        self._need_rw()
+        self.ensure_upper(node)
+        path = self.upath(node)
+        st = os.lstat(path)
+        mode = st.st_mode
+        new = mode & ~stat.S_ISUID
+        if mode & stat.S_IXGRP or (
+            mode & stat.S_ISGID
+            and caller is not None
+            and caller.uid != 0
+            and not _in_group(caller, st.st_gid)
+        ):
+            new &= ~stat.S_ISGID
+        if new != mode:
+            os.chmod(path, stat.S_IMODE(new))
 
     def readlink(self, node: Node) -> bytes:
         return os.readlink(os.fsencode(self.real(node)))

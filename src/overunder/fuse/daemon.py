@@ -11,6 +11,8 @@ issue's report): ``OVERUNDER_FUSE_WRITEBACK=1`` turns on the kernel's writeback 
 WRITE requests for small writes, but a FLUSH on every close: slower file creation here), and
 ``OVERUNDER_FUSE_NICE=N`` sets the process's nice value (a negative one helps on a busy
 machine, where every request waits for the single-threaded loop to be scheduled).
+``OVERUNDER_FUSE_PROFILE=FILE`` runs the loop under cProfile and dumps the stats to FILE at
+unmount (for finding the hot paths; each request's handler shows as ``_do_<opcode>``).
 """
 
 from __future__ import annotations
@@ -157,7 +159,18 @@ def serve(cfg: DaemonConfig, ready_fd: int | None) -> int:
     tracer.emit("mount", mountpoint=cfg.mountpoint, lowerdirs=cfg.lowerdirs, upperdir=cfg.upperdir)
     try:
         # The session unmounts on SIGTERM/SIGINT itself; ready once FUSE_INIT is answered.
-        session.run(on_ready=lambda: _report(ready_fd, {"ok": True, "pid": os.getpid()}))
+        ready = lambda: _report(ready_fd, {"ok": True, "pid": os.getpid()})  # noqa: E731
+        profile = os.environ.get("OVERUNDER_FUSE_PROFILE")
+        if profile:
+            import cProfile
+
+            prof = cProfile.Profile()
+            try:
+                prof.runcall(session.run, on_ready=ready)
+            finally:
+                prof.dump_stats(profile)
+        else:
+            session.run(on_ready=ready)
     finally:
         tracer.emit("unmount", mountpoint=cfg.mountpoint)
         tracer.close()

@@ -218,6 +218,11 @@ GETATTR_FH: Final = 1 << 0
 FSYNC_FDATASYNC: Final = 1 << 0
 WRITE_CACHE: Final = 1 << 0
 """``fuse_write_in.write_flags``: a delayed write from the page cache (writeback)."""
+WRITE_KILL_SUIDGID: Final = 1 << 2
+"""``fuse_write_in.write_flags`` (HANDLE_KILLPRIV_V2): the writer lacks CAP_FSETID, clear
+set-user-ID (and set-group-ID if group-executable)."""
+OPEN_KILL_SUIDGID: Final = 1 << 0
+"""``fuse_open_in.open_flags`` (HANDLE_KILLPRIV_V2): as WRITE_KILL_SUIDGID, for O_TRUNC."""
 
 # --- headers -------------------------------------------------------------------------------
 IN_HEADER: Final = struct.Struct("=IIQQIIIHH")  # len opcode unique nodeid uid gid pid extlen pad

@@ -46,10 +46,18 @@ Rules a filesystem must follow (the kernel relies on them):
   uses ``fh = 0`` (zero-message open), which is valid and fast for stateless filesystems.
 - **fsync.** Implement it: on ENOSYS the kernel treats every later fsync as done (data never
   reaches the disk on ``fsync``).
-- **suid/sgid clearing** stays with the kernel (``HANDLE_KILLPRIV`` is not negotiated): after
-  a write, truncate or chown that must clear them (the kernel decides, knowing the caller's
-  capabilities) it sends a SETATTR of ``mode`` itself. A daemon running as root must not
-  second-guess that (its own writes never clear the bits).
+- **suid/sgid clearing** stays with the kernel by default (``HANDLE_KILLPRIV`` is not
+  negotiated): after a write, truncate or chown that must clear them (the kernel decides,
+  knowing the caller's capabilities) it sends a GETATTR and a SETATTR of ``mode`` itself, and
+  it asks GETXATTR ``security.capability`` before every write. A daemon running as root must
+  not second-guess that (its own writes never clear the bits).
+  ``Session(handle_killpriv_v2=True)`` negotiates ``HANDLE_KILLPRIV_V2`` instead: the kernel
+  then skips that GETATTR on chown, caches "no capability xattr" per inode (``SB_NOSEC``)
+  and leaves the clearing to the filesystem, which must honour
+  ``SetattrRequest.kill_suidgid`` and implement :meth:`Operations.kill_suidgid` (called for
+  WRITE and OPEN requests carrying the kernel's kill flag). The rule (the VFS's): clear
+  set-user-ID, and set-group-ID only if group-executable, on non-directories. The kernel
+  still removes ``security.capability`` itself (REMOVEXATTR).
 - **Locks** (``flock``, POSIX) are handled by the kernel locally (not negotiated).
 - **READDIRPLUS** is off unless ``Session(readdirplus=True)``: then ``readdir`` should hand
   :class:`EntryAttributes` (counted as lookups) instead of ``(ino, mode)`` pairs.
@@ -237,8 +245,9 @@ class SetattrRequest:
 
     ``atime_now``/``mtime_now`` mean "set to the current time" (``utimensat`` with
     ``UTIME_NOW``); ``atime_ns``/``mtime_ns`` then carry the kernel's idea of now.
-    ``kill_suidgid`` (only with ``HANDLE_KILLPRIV_V2``, which we do not negotiate) asks to clear
-    set-uid/set-gid bits. ``valid`` is the raw ``FATTR_*`` mask.
+    ``kill_suidgid`` (only with ``Session(handle_killpriv_v2=True)``) asks to clear set-uid and
+    set-gid bits after the change (see the module doc); ``caller`` is then who asked.
+    ``valid`` is the raw ``FATTR_*`` mask.
     """
 
     valid: int
@@ -253,6 +262,8 @@ class SetattrRequest:
     mtime_now: bool = False
     kill_suidgid: bool = False
     lock_owner: int | None = None
+    caller: RequestContext | None = None
+    """Who asked; set when ``kill_suidgid`` is (the set-group-ID rule depends on it)."""
 
 
 @dataclass(slots=True)
@@ -278,11 +289,11 @@ class FileInfo:
 
     def open_flags(self) -> int:
         return (
-            (P.FopenFlags.DIRECT_IO if self.direct_io else 0)
-            | (P.FopenFlags.KEEP_CACHE if self.keep_cache else 0)
-            | (P.FopenFlags.CACHE_DIR if self.cache_readdir else 0)
-            | (P.FopenFlags.NONSEEKABLE if self.nonseekable else 0)
-            | (P.FopenFlags.NOFLUSH if self.noflush else 0)
+            (_FOPEN_DIRECT_IO if self.direct_io else 0)
+            | (_FOPEN_KEEP_CACHE if self.keep_cache else 0)
+            | (_FOPEN_CACHE_DIR if self.cache_readdir else 0)
+            | (_FOPEN_NONSEEKABLE if self.nonseekable else 0)
+            | (_FOPEN_NOFLUSH if self.noflush else 0)
         )
 
 
@@ -492,6 +503,13 @@ class Operations:
     def fsync(self, fh: int, datasync: bool) -> None:
         raise _enosys()
 
+    def kill_suidgid(self, ino: int, fh: int, ctx: RequestContext) -> None:
+        """Only with ``Session(handle_killpriv_v2=True)``: the kernel asks to clear set-user-ID
+        (and set-group-ID if group-executable, or if ``ctx`` is not in the file's group) of
+        ``ino``, open as ``fh``, because a caller without CAP_FSETID writes to it (called
+        before ``write``) or opened it with ``O_TRUNC`` (called after ``open``)."""
+        raise _enosys()
+
     def opendir(self, ino: int, ctx: RequestContext) -> FileInfo:
         raise _enosys()
 
@@ -579,6 +597,7 @@ class Session:
       caches names and attributes when an answer does not say otherwise.
     - ``writeback_cache``: let the kernel buffer writes (see the module doc for what it means
       for ``open``); ``readdirplus``: answer listings with attributes.
+    - ``handle_killpriv_v2``: the filesystem clears suid/sgid itself (see the module doc).
     - ``max_write``: the largest WRITE the kernel sends (1 MiB, with ``MAX_PAGES``).
     - ``oserror_passthrough``: answer an ``OSError`` raised by a handler with its errno.
     - ``debug``: log every request and its outcome (opcode, inode, errno) at DEBUG level on the
@@ -597,6 +616,7 @@ class Session:
         attr_timeout: float = 1.0,
         writeback_cache: bool = False,
         readdirplus: bool = False,
+        handle_killpriv_v2: bool = False,
         max_write: int = 1 << 20,
         oserror_passthrough: bool = False,
         debug: bool = False,
@@ -610,6 +630,7 @@ class Session:
         self.attr_timeout = attr_timeout
         self.writeback_cache = writeback_cache
         self.readdirplus = readdirplus
+        self.handle_killpriv_v2 = handle_killpriv_v2
         self.max_write = max(4096, max_write)
         self.oserror_passthrough = oserror_passthrough
         self.debug = debug
@@ -624,6 +645,7 @@ class Session:
         self._entry_valid = _timeout_pair(entry_timeout)
         self._attr_valid = _timeout_pair(attr_timeout)
         self._setxattr_ext = False
+        self._killpriv = False
         self._loop_thread: int | None = None
         self._pending: list[bytes] = []
         self._notify_queue: queue.SimpleQueue[bytes | None] | None = None
@@ -999,11 +1021,14 @@ class Session:
             want |= f.WRITEBACK_CACHE
         if self.readdirplus:
             want |= f.DO_READDIRPLUS
+        if self.handle_killpriv_v2:
+            want |= f.HANDLE_KILLPRIV_V2
         granted = int(want) & flags
         minor = min(minor, P.KERNEL_MINOR)
         self.proto_minor = minor
         self.init_flags = granted
         self._setxattr_ext = bool(granted & f.SETXATTR_EXT)
+        self._killpriv = bool(granted & f.HANDLE_KILLPRIV_V2)
         max_pages = (self.max_write + 4095) // 4096
         try:
             self.ops.init()
@@ -1074,23 +1099,30 @@ class Session:
         (
             valid, _pad, fh, size, lock_owner, atime, mtime, ctime,
             atimensec, mtimensec, ctimensec, mode, _u4, s_uid, s_gid, _u5,
-        ) = P.SETATTR_IN.unpack_from(data, 40)  # fmt: skip
-        v = P.FattrValid
+        ) = _SETATTR_UNPACK(data, 40)  # fmt: skip
+        # Plain int masks: IntFlag members cost an enum construction per `&` (~4% of an untar).
+        # Under HANDLE_KILLPRIV_V2 a SETATTR changing nothing is the kernel's suid/sgid removal
+        # (a write by a caller without CAP_FSETID, or chown(f, -1, -1)): it strips
+        # ATTR_KILL_SUID/SGID and the mode it computed and sends nothing else. (The one case
+        # read wrongly: root writing to a set-user-ID file that also has security.capability;
+        # the kernel then asks to drop the capability only, and we drop set-user-ID too.)
+        kill = valid & _FATTR_KILL_SUIDGID != 0 or (self._killpriv and valid & _FATTR_CHANGES == 0)
         req = SetattrRequest(
             valid=valid,
-            mode=mode if valid & v.MODE else None,
-            uid=s_uid if valid & v.UID else None,
-            gid=s_gid if valid & v.GID else None,
-            size=size if valid & v.SIZE else None,
-            atime_ns=atime * _NS + atimensec if valid & v.ATIME else None,
-            mtime_ns=mtime * _NS + mtimensec if valid & v.MTIME else None,
-            ctime_ns=ctime * _NS + ctimensec if valid & v.CTIME else None,
-            atime_now=bool(valid & v.ATIME_NOW),
-            mtime_now=bool(valid & v.MTIME_NOW),
-            kill_suidgid=bool(valid & v.KILL_SUIDGID),
-            lock_owner=lock_owner if valid & v.LOCKOWNER else None,
+            mode=mode if valid & _FATTR_MODE else None,
+            uid=s_uid if valid & _FATTR_UID else None,
+            gid=s_gid if valid & _FATTR_GID else None,
+            size=size if valid & _FATTR_SIZE else None,
+            atime_ns=atime * _NS + atimensec if valid & _FATTR_ATIME else None,
+            mtime_ns=mtime * _NS + mtimensec if valid & _FATTR_MTIME else None,
+            ctime_ns=ctime * _NS + ctimensec if valid & _FATTR_CTIME else None,
+            atime_now=valid & _FATTR_ATIME_NOW != 0,
+            mtime_now=valid & _FATTR_MTIME_NOW != 0,
+            kill_suidgid=kill,
+            lock_owner=lock_owner if valid & _FATTR_LOCKOWNER else None,
+            caller=_ctx(data) if kill else None,
         )
-        a = self.ops.setattr(nodeid, req, fh if valid & v.FH else None)
+        a = self.ops.setattr(nodeid, req, fh if valid & _FATTR_FH else None)
         self._reply(unique, self._attr_bytes(a))
 
     def _do_readlink(self, unique: int, nodeid: int, data: bytes) -> None:
@@ -1142,8 +1174,14 @@ class Session:
         self._reply(unique, self._entry_bytes(a))
 
     def _do_open(self, unique: int, nodeid: int, data: bytes) -> None:
-        flags, _open_flags = P.OPEN_IN.unpack_from(data, 40)
+        flags, open_flags = P.OPEN_IN.unpack_from(data, 40)
         fi = self.ops.open(nodeid, flags, _ctx(data))
+        if open_flags & P.OPEN_KILL_SUIDGID and self._killpriv:
+            try:
+                self.ops.kill_suidgid(nodeid, fi.fh, _ctx(data))
+            except BaseException:
+                self.ops.release(fi.fh)  # the kernel never learns of this handle
+                raise
         self._reply(unique, _OPEN_OUT_PACK(fi.fh, fi.open_flags(), 0))
 
     def _do_read(self, unique: int, nodeid: int, data: bytes) -> None:
@@ -1154,7 +1192,9 @@ class Session:
         self._reply_data(unique, buf)
 
     def _do_write(self, unique: int, nodeid: int, data: bytes) -> None:
-        fh, off, size = _READ_UNPACK(data, 40)[:3]
+        fh, off, size, write_flags = _READ_UNPACK(data, 40)[:4]
+        if write_flags & _WRITE_KILL_SUIDGID and self._killpriv:
+            self.ops.kill_suidgid(nodeid, fh, _ctx(data))
         written = self.ops.write(fh, off, self._view[80 : 80 + size].tobytes())
         self._reply(unique, _WRITE_OUT_PACK(written, 0))
 
@@ -1270,6 +1310,27 @@ _ATTR_OUT_PACK = P.ATTR_OUT.pack
 _OPEN_OUT_PACK = P.OPEN_OUT.pack
 _WRITE_OUT_PACK = P.WRITE_OUT.pack
 _GETATTR_UNPACK = P.GETATTR_IN.unpack_from
+_SETATTR_UNPACK = P.SETATTR_IN.unpack_from
+_WRITE_KILL_SUIDGID = P.WRITE_KILL_SUIDGID
+_FATTR_MODE = int(P.FattrValid.MODE)
+_FATTR_UID = int(P.FattrValid.UID)
+_FATTR_GID = int(P.FattrValid.GID)
+_FATTR_SIZE = int(P.FattrValid.SIZE)
+_FATTR_ATIME = int(P.FattrValid.ATIME)
+_FATTR_MTIME = int(P.FattrValid.MTIME)
+_FATTR_FH = int(P.FattrValid.FH)
+_FATTR_ATIME_NOW = int(P.FattrValid.ATIME_NOW)
+_FATTR_MTIME_NOW = int(P.FattrValid.MTIME_NOW)
+_FATTR_LOCKOWNER = int(P.FattrValid.LOCKOWNER)
+_FATTR_CTIME = int(P.FattrValid.CTIME)
+_FATTR_KILL_SUIDGID = int(P.FattrValid.KILL_SUIDGID)
+# What a SETATTR can change; ctime alone is chown(f, -1, -1) under the writeback cache.
+_FATTR_CHANGES = ~(_FATTR_FH | _FATTR_LOCKOWNER | _FATTR_KILL_SUIDGID | _FATTR_CTIME)
+_FOPEN_DIRECT_IO = int(P.FopenFlags.DIRECT_IO)
+_FOPEN_KEEP_CACHE = int(P.FopenFlags.KEEP_CACHE)
+_FOPEN_CACHE_DIR = int(P.FopenFlags.CACHE_DIR)
+_FOPEN_NONSEEKABLE = int(P.FopenFlags.NONSEEKABLE)
+_FOPEN_NOFLUSH = int(P.FopenFlags.NOFLUSH)
 _READ_UNPACK = P.READ_IN.unpack_from
 
 

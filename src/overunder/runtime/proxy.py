@@ -200,6 +200,16 @@ class PortProxy:
         for s, m in self._listeners:
             threading.Thread(target=self._accept_loop, args=(s, m), daemon=True).start()
 
+    def retarget(self, netns_path: str | None) -> None:
+        """Relay new connections into another network namespace (a restarted container has
+        a new one); the listening sockets stay, so the host ports never change."""
+        if not self._listeners:
+            return
+        old = self._factory
+        self._factory = _NetnsSocketFactory(netns_path)
+        if old is not None:
+            old.close()
+
     def _accept_loop(self, listener: socket.socket, m: PortMapping) -> None:
         while not self._stopping.is_set():
             try:

@@ -15,14 +15,23 @@ exits, becomes its child and can be reaped. Then it:
 4. copies the container's output into the json-file log (and, when attached, to its own
    stdout/stderr, which are the caller's), and serves the port proxy;
 5. reaps the container and writes ``exit.json`` atomically (exit code, 128+signal for a
-   signal, finish time), runs ``runc delete`` and, when attached, sends ``{"exit": N}``.
+   signal, finish time), runs ``runc delete`` and, when attached, sends ``{"exit": N}``;
+6. runs the ``on_exit`` command, if any (the engine's removal of a ``--rm`` container).
+
+With a restart policy (``restart_policy``), steps 2-5 repeat after an exit the policy covers,
+after Docker's backoff, unless the engine dropped the stop marker (``stop-requested``) first;
+``restart.json`` says how many restarts there were and whether one is pending. The published
+ports stay bound; their relay moves into each new network namespace.
 
 Files in the state dir (volatile, under the run root): ``shim.json`` (this config),
 ``shim.pid`` (pid and start time, so a recycled pid is not mistaken for the shim),
-``init.pid``, ``exit.json``, ``runc.log`` (runc's json log), ``shim.log`` (our diagnostics),
-and, while a terminal is handed over, a console socket in a temp dir.
+``init.pid``, ``exit.json``, ``restart.json``, ``stop-requested``, ``runc.log`` (runc's json
+log), ``shim.log`` (our diagnostics), and, while a terminal is handed over, a console socket in
+a temp dir.
 
-The shim never mounts or unmounts: the engine does that before start and after exit.
+The shim never mounts: the engine mounts the tree before the start. After the final exit the
+shim detaches a kernel-overlay tree itself (``unmount_after_exit``); the engine unmounts the
+rest (FUSE) when it reconciles or removes the container.
 """
 
 from __future__ import annotations
@@ -54,11 +63,15 @@ from overunder.runtime.runc import (
 )
 
 __all__ = [
+    "STOP_MARKER",
     "ExitInfo",
+    "RestartInfo",
     "ShimConfig",
     "ShimHandle",
     "process_start_time",
     "read_exit",
+    "read_restart",
+    "request_stop",
     "shim_alive",
     "spawn_shim",
     "write_json_atomic",
@@ -68,6 +81,11 @@ PR_SET_CHILD_SUBREAPER = 36
 PR_SET_NAME = 15
 MNT_DETACH = 2
 SHIM_MODULE = "overunder.runtime.shim_main"
+# The engine creates this file in the state dir before a stop, kill or rm: no restart after.
+STOP_MARKER = "stop-requested"
+RESTART_DELAY_MIN = 0.1
+RESTART_DELAY_MAX = 60.0
+RESTART_RESET_AFTER = 10.0
 
 
 @dataclass(slots=True)
@@ -90,6 +108,13 @@ class ShimConfig:
     # rows, cols of the caller's terminal: set on the pty before the process starts, so that
     # the first thing it draws has the right size (later changes come from the caller).
     console_size: list[int] = field(default_factory=list)
+    # A command run once the container has exited and exit.json is written: the engine's
+    # removal of a --rm container, so that it goes at once, with no CLI around to do it.
+    on_exit: list[str] = field(default_factory=list)
+    # Docker's --restart: "no", "on-failure" (restart_max tries, 0 = no limit), "always",
+    # "unless-stopped" (the same as always without a daemon that restarts).
+    restart_policy: str = "no"
+    restart_max: int = 0
 
     @property
     def runtime(self) -> RuntimeBinary:
@@ -154,6 +179,40 @@ def read_exit(state_dir: Path) -> ExitInfo | None:
         finished_at=str(data["FinishedAt"]),
         error=str(data.get("Error", "")),
     )
+
+
+@dataclass(frozen=True, slots=True)
+class RestartInfo:
+    """What the shim reports of its restarts (``restart.json``): how many so far, and either
+    the backoff it is in (``restarting``, with the last exit) or the new process."""
+
+    count: int
+    restarting: bool
+    exit_code: int = 0
+    finished_at: str = ""
+    pid: int = 0
+    started_at: str = ""
+
+
+def read_restart(state_dir: Path) -> RestartInfo | None:
+    try:
+        data = json.loads((state_dir / "restart.json").read_text())
+    except (OSError, ValueError):
+        return None
+    return RestartInfo(
+        count=int(data.get("RestartCount", 0)),
+        restarting=bool(data.get("Restarting")),
+        exit_code=int(data.get("ExitCode", 0)),
+        finished_at=str(data.get("FinishedAt", "")),
+        pid=int(data.get("Pid", 0)),
+        started_at=str(data.get("StartedAt", "")),
+    )
+
+
+def request_stop(state_dir: Path) -> None:
+    """Tell the shim not to restart the container after this exit (stop, kill, rm)."""
+    with contextlib.suppress(FileNotFoundError):
+        (state_dir / STOP_MARKER).touch(mode=0o600)
 
 
 class _Messages:
@@ -371,6 +430,76 @@ class _Shim:
             self.fail(err)
             return 1
         self.log = LogWriter(Path(cfg.log_path))
+        restarts = 0
+        delay = RESTART_DELAY_MIN
+        while True:
+            began = time.monotonic()
+            status = self.run_once(first=restarts == 0)
+            if status is None:
+                return 1  # the first start failed: reported to the caller, nothing left
+            with contextlib.suppress(OverunderError, subprocess.SubprocessError):
+                self.runtime.delete(cfg.container_id, force=True)
+            if not self.should_restart(status, restarts):
+                break
+            # Docker's backoff: 100 ms doubling per restart, back to 100 ms after a run of
+            # 10 s or more, at most a minute.
+            if time.monotonic() - began >= RESTART_RESET_AFTER:
+                delay = RESTART_DELAY_MIN
+            restarts += 1
+            write_json_atomic(
+                self.state / "restart.json",
+                {
+                    "RestartCount": restarts,
+                    "Restarting": True,
+                    "ExitCode": status,
+                    "FinishedAt": format_timestamp(),
+                },
+            )
+            if not self.sleep_unless_stopped(delay):
+                break
+            delay = min(delay * 2, RESTART_DELAY_MAX)
+        self.log.close()
+        finished = format_timestamp()
+        self.proxy.close()
+        if cfg.unmount_after_exit:
+            _unmount_quietly(cfg.unmount_after_exit)
+        write_json_atomic(
+            self.state / "exit.json",
+            {"ExitCode": status, "FinishedAt": finished, "Error": ""},
+        )
+        self.send({"exit": status})
+        if cfg.on_exit:
+            self.run_exit_hook(cfg.on_exit)
+        return 0
+
+    def stop_requested(self) -> bool:
+        return (self.state / STOP_MARKER).exists()
+
+    def should_restart(self, status: int, restarts: int) -> bool:
+        """Docker's restart policies; a stop, kill or rm by the engine (the stop marker)
+        always wins."""
+        policy = self.cfg.restart_policy
+        if policy in ("", "no") or self.stop_requested():
+            return False
+        if policy == "on-failure":
+            limit = self.cfg.restart_max
+            return status != 0 and (limit <= 0 or restarts < limit)
+        return policy in ("always", "unless-stopped")
+
+    def sleep_unless_stopped(self, seconds: float) -> bool:
+        deadline = time.monotonic() + seconds
+        while time.monotonic() < deadline:
+            if self.stop_requested():
+                return False
+            time.sleep(min(0.05, max(0.0, deadline - time.monotonic())))
+        return not self.stop_requested()
+
+    def run_once(self, *, first: bool) -> int | None:
+        """Create and start the container once and reap it: its exit status. A failure to
+        start: on the first run reported to the caller (None); on a restart, the exit code
+        Docker gives that failure (127/126/125), logged."""
+        cfg = self.cfg
+        assert self.log is not None
         pid_file = self.state / "init.pid"
         with contextlib.suppress(FileNotFoundError):
             pid_file.unlink()
@@ -394,7 +523,7 @@ class _Shim:
         else:
             out_r, out_w = os.pipe2(os.O_CLOEXEC)
             err_r, err_w = os.pipe2(os.O_CLOEXEC)
-            stdio = (0 if cfg.stdin else devnull, out_w, err_w)
+            stdio = (0 if cfg.stdin and first else devnull, out_w, err_w)
         create.append(cfg.container_id)
         rc = subprocess.run(
             create,
@@ -410,30 +539,32 @@ class _Shim:
         os.close(devnull)
         if rc != 0:
             message = read_runtime_error(self.runc_log) or f"{self.runtime.name} create failed"
-            self.send_start_failure(message)
             for fd in (out_r, err_r):
                 if fd >= 0:
                     os.close(fd)
             if console is not None:
                 console.close()
-            self.cleanup_runtime()
-            return 1
+            return self.start_failed(message, first=first, pid=None)
         pid = int(pid_file.read_text().strip())
         master: int | None = None
         if console is not None:
             try:
                 master = console.receive()
             except OverunderError as err:
-                self.fail(err)
                 self.kill_and_cleanup(pid)
-                return 1
+                if first:
+                    self.fail(err)
+                    self.proxy.close()
+                    return None
+                sys.stderr.write(f"restart failed: {err}\n")
+                return 125
             finally:
                 console.close()
             if len(cfg.console_size) == 2 and all(cfg.console_size):
                 with contextlib.suppress(OSError):
                     set_winsize(master, cfg.console_size[0], cfg.console_size[1])
             self._start_copier(master, "stdout", 1)
-            if cfg.stdin:
+            if cfg.stdin and first:
                 threading.Thread(target=self._feed_stdin, args=(master,), daemon=True).start()
         else:
             self._start_copier(out_r, "stdout", 1)
@@ -442,41 +573,78 @@ class _Shim:
             self.runtime.start(cfg.container_id)
         except OverunderError as err:
             message = read_runtime_error(self.runc_log) or err.message
-            self.send_start_failure(message)
-            self.kill_and_cleanup(pid)
-            return 1
+            return self.start_failed(message, first=first, pid=pid)
         started_at = format_timestamp()
+        netns = None if cfg.network_host else f"/proc/{pid}/ns/net"
         try:
-            self.proxy.start(None if cfg.network_host else f"/proc/{pid}/ns/net")
+            if first:
+                self.proxy.start(netns)
+            else:
+                self.proxy.retarget(netns)
         except OSError as err:
-            self.fail(FailedPrecondition(f"cannot publish ports: {err}"))
             self.kill_and_cleanup(pid)
-            return 1
-        ok = {
-            "ok": True,
-            "pid": pid,
-            "started_at": started_at,
-            "ports": [m.to_dict() for m in self.proxy.mappings],
-        }
-        self.send(ok, [master] if master is not None and cfg.attach else None)
-        if master is not None and not cfg.attach:
-            pass  # a detached terminal: nobody resizes it; the log still records it
+            if first:
+                self.fail(FailedPrecondition(f"cannot publish ports: {err}"))
+                self.proxy.close()
+                return None
+            sys.stderr.write(f"cannot publish ports after a restart: {err}\n")
+            return 125
+        if first:
+            ok = {
+                "ok": True,
+                "pid": pid,
+                "started_at": started_at,
+                "ports": [m.to_dict() for m in self.proxy.mappings],
+            }
+            self.send(ok, [master] if master is not None and cfg.attach else None)
+        else:
+            write_json_atomic(
+                self.state / "restart.json",
+                {
+                    "RestartCount": json.loads((self.state / "restart.json").read_text())[
+                        "RestartCount"
+                    ],
+                    "Restarting": False,
+                    "Pid": pid,
+                    "StartedAt": started_at,
+                },
+            )
         status = self.reap(pid)
         for t in self.copiers:
             t.join(timeout=5)
-        self.log.close()
-        finished = format_timestamp()
-        self.proxy.close()
-        with contextlib.suppress(OverunderError, subprocess.SubprocessError):
-            self.runtime.delete(cfg.container_id, force=True)
-        if cfg.unmount_after_exit:
-            _unmount_quietly(cfg.unmount_after_exit)
-        write_json_atomic(
-            self.state / "exit.json",
-            {"ExitCode": status, "FinishedAt": finished, "Error": ""},
-        )
-        self.send({"exit": status})
-        return 0
+        self.copiers = []
+        return status
+
+    def start_failed(self, message: str, *, first: bool, pid: int | None) -> int | None:
+        if pid is not None:
+            self.kill_and_cleanup(pid)
+        else:
+            self.cleanup_runtime()
+        if first:
+            self.send_start_failure(message)
+            self.proxy.close()
+            return None
+        sys.stderr.write(f"restart failed: {message}\n")
+        return exit_code_for_start_error(message)
+
+    def run_exit_hook(self, argv: list[str]) -> None:
+        """Run ``argv`` (stdout and stderr into shim.log); its failure is only logged: the
+        next engine command reconciles whatever it left."""
+        try:
+            r = subprocess.run(
+                argv,
+                stdin=subprocess.DEVNULL,
+                stdout=sys.stderr,
+                stderr=sys.stderr,
+                close_fds=True,
+                timeout=120,
+                check=False,
+                cwd="/",
+            )
+            if r.returncode != 0:
+                sys.stderr.write(f"exit hook {argv!r} exited {r.returncode}\n")
+        except (OSError, subprocess.SubprocessError) as err:
+            sys.stderr.write(f"exit hook {argv!r} failed: {err}\n")
 
     def send_start_failure(self, message: str) -> None:
         code = exit_code_for_start_error(message)
@@ -513,7 +681,6 @@ class _Shim:
         with contextlib.suppress(ChildProcessError, OSError):
             os.waitpid(pid, 0)
         self.cleanup_runtime()
-        self.proxy.close()
 
     def cleanup_runtime(self) -> None:
         with contextlib.suppress(OverunderError, subprocess.SubprocessError):

@@ -17,7 +17,12 @@ and we give it too:
   random, urandom, tty, ptmx and the pty slaves);
 * ``noNewPrivileges`` only when asked (``--security-opt no-new-privileges``), as Docker;
 * a seccomp filter: runc has no built-in default profile, so :mod:`overunder.runtime.seccomp`
-  provides one (see there for how it differs from Docker's).
+  provides Docker's (an allow-list, EPERM for the rest), resolved for the container's
+  capabilities; ``--security-opt seccomp=unconfined`` drops it and ``seccomp=FILE`` replaces
+  it with a Docker-format profile;
+* ``--privileged``: every capability this host lets us hand on (the bounding set we run
+  with), no seccomp, no masked or read-only paths, ``/sys`` and the cgroup tree writable and
+  the device cgroup open (host devices are *not* added to ``/dev``, unlike Docker).
 
 rlimits are deliberately absent: runc then leaves the ones the shim inherited untouched. A
 spec that names RLIMIT_NOFILE above the current hard limit fails on hosts without
@@ -27,12 +32,12 @@ is to inherit the daemon's limits.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from overunder.errors import InvalidArgument
-from overunder.runtime.seccomp import default_profile
+from overunder.runtime.seccomp import docker_default_profile, resolve
 
 __all__ = [
     "DEFAULT_PATH",
@@ -45,6 +50,7 @@ __all__ = [
     "SpecOptions",
     "build_process",
     "build_spec",
+    "host_capabilities",
 ]
 
 OCI_VERSION = "1.0.2"
@@ -88,6 +94,19 @@ READONLY_PATHS: tuple[str, ...] = (
     "/proc/sys",
     "/proc/sysrq-trigger",
 )
+
+# Every capability by number (CAP_CHOWN = 0 ... CAP_CHECKPOINT_RESTORE = 40).
+ALL_CAPABILITIES: tuple[str, ...] = (
+    "CAP_CHOWN", "CAP_DAC_OVERRIDE", "CAP_DAC_READ_SEARCH", "CAP_FOWNER", "CAP_FSETID",
+    "CAP_KILL", "CAP_SETGID", "CAP_SETUID", "CAP_SETPCAP", "CAP_LINUX_IMMUTABLE",
+    "CAP_NET_BIND_SERVICE", "CAP_NET_BROADCAST", "CAP_NET_ADMIN", "CAP_NET_RAW",
+    "CAP_IPC_LOCK", "CAP_IPC_OWNER", "CAP_SYS_MODULE", "CAP_SYS_RAWIO", "CAP_SYS_CHROOT",
+    "CAP_SYS_PTRACE", "CAP_SYS_PACCT", "CAP_SYS_ADMIN", "CAP_SYS_BOOT", "CAP_SYS_NICE",
+    "CAP_SYS_RESOURCE", "CAP_SYS_TIME", "CAP_SYS_TTY_CONFIG", "CAP_MKNOD", "CAP_LEASE",
+    "CAP_AUDIT_WRITE", "CAP_AUDIT_CONTROL", "CAP_SETFCAP", "CAP_MAC_OVERRIDE",
+    "CAP_MAC_ADMIN", "CAP_SYSLOG", "CAP_WAKE_ALARM", "CAP_BLOCK_SUSPEND", "CAP_AUDIT_READ",
+    "CAP_PERFMON", "CAP_BPF", "CAP_CHECKPOINT_RESTORE",
+)  # fmt: skip
 
 NETWORK_MODES = ("private", "none", "host")
 
@@ -172,8 +191,22 @@ class SpecOptions:
     resources: Resources = field(default_factory=Resources)
     cgroups_path: str | None = None
     seccomp: bool = True
+    # A Docker-format profile replacing the default (``--security-opt seccomp=FILE``).
+    seccomp_profile: Mapping[str, Any] | None = None
+    privileged: bool = False
     masked_paths: Sequence[str] = MASKED_PATHS
     readonly_paths: Sequence[str] = READONLY_PATHS
+
+
+def host_capabilities() -> tuple[str, ...]:
+    """The capabilities in our own bounding set, by name: all a ``--privileged`` container can
+    get (asking runc for one we lack fails; this host lacks CAP_SYS_RESOURCE)."""
+    import re
+    from pathlib import Path
+
+    m = re.search(r"^CapBnd:\s*([0-9a-f]+)$", Path("/proc/self/status").read_text(), re.M)
+    mask = int(m.group(1), 16) if m else 0
+    return tuple(name for bit, name in enumerate(ALL_CAPABILITIES) if mask >> bit & 1)
 
 
 def build_process(p: ProcessSpec) -> dict[str, Any]:
@@ -269,17 +302,23 @@ def build_spec(opts: SpecOptions) -> dict[str, Any]:
     ]
     if opts.network != "host":
         namespaces.append({"type": "network"})
-    linux: dict[str, Any] = {
-        "resources": opts.resources.to_oci(),
-        "namespaces": namespaces,
-        "maskedPaths": list(opts.masked_paths),
-        "readonlyPaths": list(opts.readonly_paths),
-    }
+    resources = opts.resources.to_oci()
+    linux: dict[str, Any] = {"resources": resources, "namespaces": namespaces}
+    if opts.privileged:
+        resources["devices"] = [{"allow": True, "access": "rwm"}]
+    else:
+        linux["maskedPaths"] = list(opts.masked_paths)
+        linux["readonlyPaths"] = list(opts.readonly_paths)
     if opts.cgroups_path:
         linux["cgroupsPath"] = opts.cgroups_path
-    if opts.seccomp:
-        linux["seccomp"] = default_profile()
+    if opts.seccomp and not opts.privileged:
+        profile = opts.seccomp_profile or docker_default_profile()
+        linux["seccomp"] = resolve(profile, opts.process.capabilities)
     mounts = _default_mounts(opts.readonly_rootfs)
+    if opts.privileged:  # /sys and the cgroup tree writable, as Docker's --privileged
+        for m in mounts:
+            if m["destination"] in ("/sys", "/sys/fs/cgroup"):
+                m["options"] = [o for o in m["options"] if o != "ro"] + ["rw"]
     mounts.extend(b.to_oci() for b in opts.binds)
     return {
         "ociVersion": OCI_VERSION,

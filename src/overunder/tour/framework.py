@@ -10,19 +10,25 @@ or Ctrl-C: everything mounted under its directory is unmounted, then the directo
 
 from __future__ import annotations
 
+import contextlib
+import json
 import os
 import shlex
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from overunder.errors import FailedPrecondition, InvalidArgument, OverunderError
 
 __all__ = [
+    "Aside",
     "CommandResult",
     "Step",
     "StepResult",
@@ -38,7 +44,7 @@ class TourEnv:
 
     base: Path
     project: Path
-    mount_type: str = "overlay"
+    mount_type: str = "overlay"  # the Docker part's storage driver (--driver); see linux_steps
     keep: bool = False  # --keep: leave the Docker part's container running (issue 8)
 
 
@@ -55,6 +61,9 @@ class Step:
     store). ``undo`` are shell lines that remove what the step makes (a container, a
     registry process): registered when the step starts, they run at cleanup in reverse order,
     failures ignored, however the tour ends.
+    ``observe`` runs after the commands, with their results: what it returns (an
+    :class:`Aside`: the FUSE overlay's trace events of the step, or a notice that depends on
+    what really happened) is shown after the output.
     """
 
     number: str
@@ -66,6 +75,27 @@ class Step:
     shown: tuple[str, ...] | None = None
     env: tuple[tuple[str, str], ...] = ()
     undo: tuple[str, ...] = ()
+    observe: Callable[[tuple[CommandResult, ...]], Aside | None] | None = None
+
+
+@dataclass(frozen=True)
+class Aside:
+    """What a step observed beyond its commands' output: ``lines`` under a ``heading`` (the
+    trace events a FUSE overlay logged during the step), ``records`` the same as data (for
+    --format json), and a ``notice`` shown after the step's own."""
+
+    heading: str = ""
+    lines: tuple[str, ...] = ()
+    notice: str = ""
+    records: tuple[dict[str, Any], ...] = ()
+
+    def to_dict(self) -> dict[str, object]:
+        return {
+            "Heading": self.heading,
+            "Lines": list(self.lines),
+            "Notice": self.notice,
+            "Records": list(self.records),
+        }
 
 
 @dataclass(frozen=True)
@@ -82,14 +112,24 @@ class CommandResult:
 class StepResult:
     step: Step
     results: tuple[CommandResult, ...] = field(default_factory=tuple)
+    aside: Aside | None = None
+
+    @property
+    def notice(self) -> str:
+        """The step's notice, then what its observation adds."""
+        extra = self.aside.notice if self.aside is not None else ""
+        return "\n".join(n for n in (self.step.notice, extra) if n)
 
     def to_dict(self) -> dict[str, object]:
-        return {
+        doc: dict[str, object] = {
             "Step": self.step.number,
             "Title": self.step.title,
             "Commands": [r.to_dict() for r in self.results],
-            "Notice": self.step.notice,
+            "Notice": self.notice,
         }
+        if self.aside is not None:
+            doc["Observed"] = self.aside.to_dict()
+        return doc
 
 
 def _shell_prelude() -> str:
@@ -195,18 +235,21 @@ class Tour:
                     + (proc.stdout.strip().splitlines() or ["no output"])[-1],
                     hint="run 'overunder doctor' to check this host; --debug for details",
                 )
-        return StepResult(step, tuple(results))
+        done = tuple(results)
+        return StepResult(step, done, step.observe(done) if step.observe is not None else None)
 
     def cleanup(self) -> list[str]:
-        """Unmount everything under the base dir (deepest first; lazily if still busy), then
-        remove it. Never raises: returns what could not be cleaned up (for a warning). A dir
-        with a mount still below it is left alone, so removal never reaches through a mount
-        into someone's layers."""
+        """Unmount everything under the base dir (deepest first; lazily if still busy), end
+        the processes of its ``fuse.overunder`` mounts (a lazily detached FUSE mount would
+        keep its process serving whoever still holds it), then remove the dir. Never raises:
+        returns what could not be cleaned up (for a warning). A dir with a mount still below
+        it is left alone, so removal never reaches through a mount into someone's layers."""
         from overunder.mount import unmount
         from overunder.mount.mountinfo import read_mountinfo
 
         problems = self._run_undo()
         base = os.path.realpath(self.env.base)
+        fuse_pids = _fuse_processes_under(base)
         for _ in range(3):
             targets = sorted(
                 {e.target for e in read_mountinfo() if e.target.startswith(base + "/")},
@@ -223,6 +266,7 @@ class Tour:
                         unmount(Path(target), lazy=True)
                     except OverunderError:
                         continue
+        problems += _end_processes(fuse_pids)
         left = [e.target for e in read_mountinfo() if e.target.startswith(base + "/")]
         if left:
             return (
@@ -258,3 +302,61 @@ class Tour:
                 last = (proc.stdout.strip().splitlines() or ["no output"])[-1]
                 problems.append(f"cleanup '{line}' failed (exit {proc.returncode}): {last}")
         return problems
+
+
+def _fuse_processes_under(base: str) -> dict[int, str]:
+    """pid -> mountpoint of the ``fuse.overunder`` processes serving mounts under ``base``
+    (from the pid files ``overunder mount`` keeps; a pid counts only while its command line
+    is that mount's daemon, so a reused pid is never touched)."""
+    from overunder.mount.mountinfo import read_mountinfo
+
+    try:
+        from overunder.mount.fuse import pid_file_for
+    except ImportError:  # an installation without the FUSE overlay mounts none
+        return {}
+
+    found: dict[int, str] = {}
+    for entry in read_mountinfo():
+        if entry.fstype != "fuse.overunder" or not entry.target.startswith(base + "/"):
+            continue
+        try:
+            pid = int(pid_file_for(Path(entry.target)).read_text().strip())
+        except (OSError, ValueError):
+            continue
+        if _is_fuse_daemon(pid, entry.target):
+            found[pid] = entry.target
+    return found
+
+
+def _is_fuse_daemon(pid: int, mountpoint: str) -> bool:
+    try:
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+        with open(f"/proc/{pid}/stat", encoding="ascii") as fh:
+            state = fh.read().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return False
+    return (
+        state != "Z"
+        and b"overunder.fuse.daemon" in cmdline
+        and json.dumps(mountpoint).encode() in cmdline
+    )
+
+
+def _end_processes(pids: dict[int, str]) -> list[str]:
+    """Wait for each FUSE process to leave after its unmount. One that stays still serves a
+    lazily detached mount: SIGTERM (it unmounts), SIGTERM again (it leaves at once), then
+    SIGKILL. What would not end, for a warning."""
+    problems: list[str] = []
+    for pid, mountpoint in pids.items():
+        for sig in (None, signal.SIGTERM, signal.SIGTERM, signal.SIGKILL):
+            if sig is not None:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, sig)
+            deadline = time.monotonic() + 1.0
+            while _is_fuse_daemon(pid, mountpoint) and time.monotonic() < deadline:
+                time.sleep(0.02)
+            if not _is_fuse_daemon(pid, mountpoint):
+                break
+        else:
+            problems.append(f"fuse.overunder process {pid} ({mountpoint}) would not end")
+    return problems

@@ -42,6 +42,12 @@ def add_create_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--name", help="assign a name to the container")
     p.add_argument("--rm", action="store_true", help="remove the container when it exits")
     p.add_argument(
+        "--restart",
+        default="no",
+        metavar="POLICY",
+        help="no (default), on-failure[:MAX-RETRIES], always or unless-stopped",
+    )
+    p.add_argument(
         "-e", "--env", action="append", default=[], metavar="KEY=VALUE", help="set a variable"
     )
     p.add_argument("--env-file", action="append", default=[], help="read variables from a file")
@@ -90,7 +96,12 @@ def add_create_flags(p: argparse.ArgumentParser) -> None:
         action="append",
         default=[],
         metavar="OPT",
-        help="no-new-privileges is supported",
+        help="no-new-privileges, seccomp=unconfined or seccomp=PROFILE.json (Docker's format)",
+    )
+    p.add_argument(
+        "--privileged",
+        action="store_true",
+        help="every capability we hold, no seccomp, no masked paths (host devices not added)",
     )
     p.add_argument("image", metavar="IMAGE")
     p.add_argument("command", nargs=argparse.REMAINDER, metavar="COMMAND [ARG...]")
@@ -99,14 +110,6 @@ def add_create_flags(p: argparse.ArgumentParser) -> None:
 def run_options(args: argparse.Namespace, *, attach: bool) -> Any:
     from overunder.engine.containers import RunOptions
 
-    nnp = False
-    for opt in args.security_opt:
-        if opt in ("no-new-privileges", "no-new-privileges=true", "no-new-privileges:true"):
-            nnp = True
-        else:
-            raise InvalidArgument(
-                f"--security-opt {opt}: not supported", hint="only no-new-privileges is"
-            )
     return RunOptions(
         image=args.image,
         command=list(args.command),
@@ -129,7 +132,9 @@ def run_options(args: argparse.Namespace, *, attach: bool) -> Any:
         storage_driver=args.storage_driver,
         runtime=args.runtime,
         auto_remove=args.rm,
-        no_new_privileges=nnp,
+        security_opt=list(args.security_opt),
+        privileged=args.privileged,
+        restart=args.restart,
         attach=attach,
     )
 

@@ -26,7 +26,7 @@ def register(sub: Any) -> None:
 
 def run(args: argparse.Namespace, ctx: Context) -> int:
     from overunder.engine.containers import find_container, log_path, reconcile
-    from overunder.errors import InvalidArgument
+    from overunder.errors import InvalidArgument, NotFound
     from overunder.runtime.logs import LogEntry, read_log, tail_entries
 
     rec = find_container(ctx.paths, args.container)
@@ -56,7 +56,10 @@ def run(args: argparse.Namespace, ctx: Context) -> int:
     if not args.follow:
         return 0
     while True:
-        running = reconcile(ctx.paths, rec).state.status in ("running", "paused")
+        try:
+            running = reconcile(ctx.paths, rec).state.status in ("running", "paused")
+        except NotFound:
+            running = False  # a --rm container, removed by its shim on exit
         entries, offset = read_log(path, offset=offset)
         emit(entries)
         if not running and not entries:

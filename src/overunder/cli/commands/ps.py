@@ -71,6 +71,8 @@ def status_text(rec: Any, now: float) -> str:
         return "Up " + human_duration(now - _ts(st.started_at)) + " (Paused)"
     if st.status == "exited":
         return f"Exited ({st.exit_code}) {ago(_ts(st.finished_at), now)}"
+    if st.status == "restarting":
+        return f"Restarting ({st.exit_code}) {ago(_ts(st.finished_at), now)}"
     if st.status == "created":
         return "Created"
     if st.status == "removing":

@@ -8,7 +8,7 @@ from typing import Any
 
 from overunder.cli.commands._container_flags import attached_terminal, for_each, proxy_signals
 from overunder.cli.context import Context
-from overunder.errors import OverunderError
+from overunder.errors import NotFound, OverunderError
 
 
 def register(sub: Any) -> None:
@@ -77,7 +77,10 @@ def run(args: argparse.Namespace, ctx: Context) -> int:
             code = handle.wait_exit()
     finally:
         handle.close()
-    rec = reconcile(ctx.paths, find_container(ctx.paths, rec.id))
+    try:
+        rec = reconcile(ctx.paths, find_container(ctx.paths, rec.id))
+    except NotFound:
+        return code  # a --rm container: its shim removed it already
     if rec.host_config.get("AutoRemove"):
         with contextlib.suppress(OverunderError):
             remove_container(ctx.paths, rec.id, force=True)

@@ -21,9 +21,11 @@ def register(sub: Any) -> None:
         "tour",
         help="replay the Over Under tutorial for real, step by step",
         description="Replay the tutorial: each step prints the command a person would type "
-        "($ cmd), its real output, and what to notice. The Linux-level part mounts a real "
-        "overlay in a scratch project directory (under /tmp unless --dir) and removes "
-        "everything it made when it ends, even on Ctrl-C or an error.",
+        "($ cmd), its real output, and what to notice. The Docker-level part runs the pinger "
+        "container; the Linux-level part mounts a real overlay in a scratch project directory "
+        "(under /tmp unless --dir), first the kernel's, then overunder's FUSE overlay with its "
+        "copy-up and whiteout trace shown after each step. Everything the tour made is removed "
+        "when it ends, even on Ctrl-C or an error.",
     )
     p.add_argument(
         "--step", action="store_true", help="pause before each step (on a terminal only)"
@@ -38,8 +40,8 @@ def register(sub: Any) -> None:
         "--driver",
         choices=["kernel", "fuse"],
         default="kernel",
-        help="overlay driver: kernel (-t overlay) or fuse (-t fuse.overunder) for the Linux "
-        "part; the Docker part's container runs with --storage-driver fuse",
+        help="the Docker part's container: kernel overlay (default) or fuse (run with "
+        "--storage-driver fuse). The Linux part plays on both drivers: see --part",
     )
     # --keep: engineer I (issue 8), the Docker part's container is left for exploring.
     p.add_argument(
@@ -53,7 +55,8 @@ def register(sub: Any) -> None:
         action="append",
         choices=list(PARTS),
         metavar="PART",
-        help=f"play only this part ({', '.join(PARTS)}); may be repeated; default all",
+        help=f"play only this part ({', '.join(PARTS)}: linux mounts -t overlay, linux-fuse "
+        "-t fuse.overunder with --trace); may be repeated; default all, in that order",
     )
     p.add_argument(
         "--format",
@@ -77,12 +80,13 @@ def run(args: argparse.Namespace, ctx: Context) -> int:
     from overunder.tour.framework import CommandResult
 
     mount_type = "overlay" if args.driver == "kernel" else "fuse.overunder"
-    if mount_type == "overlay" and os.geteuid() != 0:
+    parts = [name for name in PARTS if not args.part or name in args.part]  # tour order
+    if os.geteuid() != 0 and ("linux" in parts or ("docker" in parts and args.driver == "kernel")):
         raise FailedPrecondition(
-            "the Linux-level tour mounts a kernel overlay, which needs root",
-            hint="run it as root (sudo .venv/bin/overunder tour), or try --driver fuse",
+            "the tour mounts kernel overlays (--part linux, and the Docker part's container), "
+            "which needs root",
+            hint="run it as root (sudo .venv/bin/overunder tour), or try --part linux-fuse",
         )
-    parts = args.part or list(PARTS)
     text = args.format == "text"
     interactive = args.step and text and sys.stdin.isatty() and ctx.stdout.isatty()
     env = Tour.make_env(args.dir, mount_type=mount_type)
@@ -91,14 +95,19 @@ def run(args: argparse.Namespace, ctx: Context) -> int:
 
         env = dataclasses.replace(env, keep=True)
     plan = steps_for(parts, env)
-    first = {id(steps[0]): heading for heading, steps in plan if steps}
+    first = {id(steps[0]): part for _, part, steps in plan if steps}
+    part_of = {id(step): name for name, _, steps in plan for step in steps}
 
     def on_step(step: Step) -> None:
         if not text:
             return
         if id(step) in first:
-            ctx.out(f"=== {first[id(step)]} ===")
+            part = first[id(step)]
+            ctx.out(f"=== {part.heading} ===")
             ctx.out()
+            if part.intro:
+                ctx.out(part.intro)
+                ctx.out()
         if interactive:
             ctx.stdout.flush()
             try:
@@ -118,7 +127,12 @@ def run(args: argparse.Namespace, ctx: Context) -> int:
 
     def on_done(result: StepResult) -> None:
         if text:
-            for line in result.step.notice.splitlines():
+            aside = result.aside
+            if aside is not None and aside.lines:
+                ctx.out(aside.heading)
+                for line in aside.lines:
+                    ctx.out(f"   {line}")
+            for line in result.notice.splitlines():
                 ctx.out(f"  >> {line}")
             ctx.out()
             ctx.stdout.flush()
@@ -126,7 +140,7 @@ def run(args: argparse.Namespace, ctx: Context) -> int:
     tour = Tour(env, on_step=on_step, on_command=on_command, on_done=on_done)
     previous = signal.signal(signal.SIGTERM, _raise_interrupt)
     try:
-        results = tour.run([s for _, steps in plan for s in steps])
+        results = tour.run([s for _, _, steps in plan for s in steps])
     except _Quit as stop:
         ctx.out(f"Stopped before step {stop}; {env.base} has been removed.")
         return 0
@@ -142,7 +156,7 @@ def run(args: argparse.Namespace, ctx: Context) -> int:
                 "Dir": str(env.base),
                 "Driver": mount_type,
                 "Parts": parts,
-                "Steps": [r.to_dict() for r in results],
+                "Steps": [{"Part": part_of[id(r.step)], **r.to_dict()} for r in results],
             }
         )
     return 0
