@@ -17,8 +17,6 @@ import tarfile
 from collections.abc import Iterator
 from pathlib import Path
 
-import pytest
-
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "runtime"))
 import g_busybox
 
@@ -142,8 +140,7 @@ def build_engine(base_dir: Path) -> Path:
     """The session's engine root with ``base:1`` and ``fixture:1`` (built once per process)."""
     if "root" in _BUILT:
         return _BUILT["root"]
-    if os.geteuid() != 0:
-        pytest.skip("needs root")
+    require_root()
     require_binary("runc")
     require_overlay()
     from overunder.engine.container_commit import commit_container

@@ -4,9 +4,12 @@ back after a "remount", and the trace events."""
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 from pathlib import Path
+
+import pytest
 
 from overunder.fuse.core import Caller, OverlayCore
 from overunder.fuse.layers import Stack
@@ -127,3 +130,25 @@ def test_make_session_negotiates_killpriv_and_passes_debug(tmp_path: Path) -> No
         assert session.debug
     finally:
         ops.destroy()
+
+
+def test_capability_probe_answered_from_memory_until_one_is_set(tmp_path: Path) -> None:
+    """Files made through the mount carry no security.capability: the kernel's probe before
+    writes is answered ENODATA without a syscall, until one is set through the mount."""
+    from conftest import require_root
+
+    require_root()
+    lower, upper, work = _layers(tmp_path)
+    core = _core(lower, upper, work)
+    node, _st, fd = core.create(core.root, "new", 0o755, os.O_WRONLY, ME)
+    os.close(fd)
+    assert node.nocaps
+    caps = b"\x01\x00\x00\x02" + b"\x00" * 16  # VFS_CAP_REVISION_2, no capabilities
+    with pytest.raises(OSError, match="No data available") as info:
+        core.getxattr(node, "security.capability")
+    assert info.value.errno == errno.ENODATA
+    core.setxattr(node, "security.capability", caps, 0)
+    assert not node.nocaps
+    assert core.getxattr(node, "security.capability") == caps
+    lower_node = core.lookup(core.root, "f")
+    assert not lower_node.nocaps  # unknown for lower files: asked from the disk

@@ -404,6 +404,41 @@ def readdir_snapshot_until_rewind(m: Path) -> Result:
     return seen_before, seen_after
 
 
+@scenario((True, True), reference="KR")  # KR: a new dir in a merged dir is opaque, as ours
+def readdir_continues_its_snapshot(m: Path) -> Result:
+    """A reader part-way through a big dir (several READDIRs) while another lists it from the
+    start and names come and go: every name untouched meanwhile is seen exactly once, and a
+    second opendir() lists the same names (the kernel may answer it from its cache)."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.opendir.restype = ctypes.c_void_p
+    libc.readdir.restype = ctypes.c_void_p
+    libc.readdir.argtypes = [ctypes.c_void_p]
+    libc.closedir.argtypes = [ctypes.c_void_p]
+    big = m / "big"
+    big.mkdir()
+    names = [f"n{i:05d}" for i in range(3000)]
+    for name in names:
+        os.close(os.open(big / name, os.O_CREAT | os.O_WRONLY, 0o644))
+    dirp = libc.opendir(os.fsencode(big))
+    seen: list[str] = []
+    for _ in range(500):
+        ent = libc.readdir(dirp)
+        assert ent
+        seen.append(ctypes.string_at(ent + 19).decode())
+    listed = set(os.listdir(big))  # another reader, from the start
+    os.unlink(big / names[-1])
+    os.close(os.open(big / "late", os.O_CREAT | os.O_WRONLY, 0o644))
+    while ent := libc.readdir(dirp):
+        seen.append(ctypes.string_at(ent + 19).decode())
+    libc.closedir(dirp)
+    untouched = names[:-1]
+    counts = dict.fromkeys(untouched, 0)
+    for n in seen:
+        if n in counts:
+            counts[n] += 1
+    return all(c == 1 for c in counts.values()), listed == set(names)
+
+
 @scenario([])
 def whiteout_over_whiteout(m: Path) -> Result:
     (m / "gone").write_text("again")

@@ -75,6 +75,12 @@ class InRoot:
         return "/".join(p for p in [self.base, *parts] if p)
 
     def open_parent(self, parts: list[str]) -> int:
+        # The base was checked to exist before the copy started; never re-create it. If it
+        # vanished (a container process swapping it out mid-copy), creating a fresh one would
+        # quietly redirect the copy, so the copy fails instead (NotFound names it).
+        os.close(open_dir_in_root(self.root_fd, self.base))
+        if not parts:
+            return open_dir_in_root(self.root_fd, self.base)
         return open_dir_in_root(self.root_fd, self._rel(parts), create=True)
 
     def label(self, parts: list[str]) -> str:

@@ -54,6 +54,7 @@ from overunder.layerfs.whiteout import WhiteoutStyle
 
 __all__ = ["Caller", "DirEntry", "OverlayCore"]
 
+_CAPS = "security.capability"
 _WRITE_FLAGS = os.O_WRONLY | os.O_RDWR | os.O_TRUNC | os.O_APPEND
 _KIND = {
     stat.S_IFREG: "file",
@@ -594,6 +595,7 @@ class OverlayCore:
             self.nodes.new_id(st.st_ino), parent, name, stat.S_IFMT(st.st_mode), ino=st.st_ino,
             in_upper=True, lowers=[], opaque=opaque,
         )  # fmt: skip
+        node.nocaps = True
         self.nodes.add(node)
         return node, st
 
@@ -924,6 +926,8 @@ class OverlayCore:
         return f"{ns}overlay.{name[len(ns) :]}" if name.startswith(ns) else name
 
     def getxattr(self, node: Node, name: str) -> bytes:
+        if node.nocaps and name == _CAPS:
+            raise _err(errno.ENODATA, name)
         return os.getxattr(self.real(node), self._real_xattr(name), follow_symlinks=False)
 
     def listxattr(self, node: Node) -> list[str]:
@@ -940,6 +944,8 @@ class OverlayCore:
     def setxattr(self, node: Node, name: str, value: bytes, flags: int) -> None:
         self._need_rw()
         self.ensure_upper(node)
+        if name == _CAPS:
+            node.nocaps = False
         os.setxattr(self.upath(node), self._real_xattr(name), value, flags, follow_symlinks=False)
 
     def removexattr(self, node: Node, name: str) -> None:

@@ -39,6 +39,7 @@ class Node:
         "name",
         "nid",
         "nlookup",
+        "nocaps",
         "opaque",
         "parent",
         "redirect",
@@ -81,6 +82,9 @@ class Node:
         # (mtime, size, ino) of a lower file when last opened: its page cache is kept only
         # while that is unchanged.
         self.stamp: tuple[int, int, int] | None = None
+        # Known to carry no security.capability xattr (made through the mount, none set since):
+        # the kernel asks for it before writes and chowns, and is answered without a syscall.
+        self.nocaps = False
 
     @property
     def path(self) -> str:

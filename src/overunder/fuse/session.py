@@ -44,6 +44,12 @@ Rules a filesystem must follow (the kernel relies on them):
 - **No ``open``/``opendir``.** The default implementations raise ENOSYS, and we negotiate
   ``NO_OPEN_SUPPORT``/``NO_OPENDIR_SUPPORT``: the kernel then stops sending OPEN/OPENDIR and
   uses ``fh = 0`` (zero-message open), which is valid and fast for stateless filesystems.
+- **Stateless directories** (``Operations.stateless_dirs = True``): the session answers
+  OPENDIR with ENOSYS itself, so the kernel stops sending OPENDIR and RELEASEDIR (two round
+  trips per ``opendir()``, the whole cost of a warm ``find``) and caches listings as if every
+  open said ``keep_cache`` + ``cache_readdir``. ``readdir`` and ``fsyncdir`` then receive the
+  directory's **inode number** in place of ``fh``, and ``readdir`` must make its cookies
+  (``next_id``) meaningful without a handle.
 - **fsync.** Implement it: on ENOSYS the kernel treats every later fsync as done (data never
   reaches the disk on ``fsync``).
 - **suid/sgid clearing** stays with the kernel by default (``HANDLE_KILLPRIV`` is not
@@ -510,6 +516,10 @@ class Operations:
         before ``write``) or opened it with ``O_TRUNC`` (called after ``open``)."""
         raise _enosys()
 
+    stateless_dirs = False
+    """True: no ``opendir``/``releasedir``; ``readdir``/``fsyncdir`` get the inode as ``fh``
+    (see the module doc)."""
+
     def opendir(self, ino: int, ctx: RequestContext) -> FileInfo:
         raise _enosys()
 
@@ -646,6 +656,7 @@ class Session:
         self._attr_valid = _timeout_pair(attr_timeout)
         self._setxattr_ext = False
         self._killpriv = False
+        self._stateless_dirs = bool(ops.stateless_dirs)
         self._loop_thread: int | None = None
         self._pending: list[bytes] = []
         self._notify_queue: queue.SimpleQueue[bytes | None] | None = None
@@ -1259,19 +1270,22 @@ class Session:
         self._reply(unique)
 
     def _do_opendir(self, unique: int, nodeid: int, data: bytes) -> None:
+        if self._stateless_dirs:
+            self._reply_err(unique, errno_mod.ENOSYS)  # the kernel stops asking
+            return
         fi = self.ops.opendir(nodeid, _ctx(data))
         self._reply(unique, _OPEN_OUT_PACK(fi.fh, fi.open_flags(), 0))
 
     def _do_readdir(self, unique: int, nodeid: int, data: bytes) -> None:
         fh, off, size = _READ_UNPACK(data, 40)[:3]
         token = ReaddirToken(size, False, self._entry_bytes)
-        self.ops.readdir(fh, off, token)
+        self.ops.readdir(nodeid if self._stateless_dirs else fh, off, token)
         self._reply(unique, token._payload())
 
     def _do_readdirplus(self, unique: int, nodeid: int, data: bytes) -> None:
         fh, off, size = _READ_UNPACK(data, 40)[:3]
         token = ReaddirToken(size, True, self._entry_bytes)
-        self.ops.readdir(fh, off, token)
+        self.ops.readdir(nodeid if self._stateless_dirs else fh, off, token)
         self._reply(unique, token._payload())
 
     def _do_releasedir(self, unique: int, nodeid: int, data: bytes) -> None:
@@ -1280,7 +1294,7 @@ class Session:
 
     def _do_fsyncdir(self, unique: int, nodeid: int, data: bytes) -> None:
         fh, flags, _pad = P.FSYNC_IN.unpack_from(data, 40)
-        self.ops.fsyncdir(fh, bool(flags & P.FSYNC_FDATASYNC))
+        self.ops.fsyncdir(nodeid if self._stateless_dirs else fh, bool(flags & P.FSYNC_FDATASYNC))
         self._reply(unique)
 
     def _do_access(self, unique: int, nodeid: int, data: bytes) -> None:
