@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 from overunder.content.store import ContentStore
 from overunder.engine.paths import EnginePaths
+from overunder.engine.units import human_duration, human_size
 from overunder.errors import FailedPrecondition, InvalidArgument, NotFound, OverunderError
 from overunder.image.config import ImageConfig, new_container_config, rfc3339nano
 from overunder.image.ids import chain_ids, short_id
@@ -233,51 +234,16 @@ class ImageSummary:
         return {
             "Containers": "N/A",
             "CreatedAt": time.strftime("%Y-%m-%d %H:%M:%S +0000 UTC", time.gmtime(self.created)),
-            "CreatedSince": _since(from_now),
+            "CreatedSince": human_duration(from_now) + " ago",
             "Digest": self.digest,
             "ID": short_id(self.id),
             "Repository": self.repository,
             "SharedSize": "N/A",
-            "Size": _human(self.size),
+            "Size": human_size(self.size),
             "Tag": self.tag,
             "UniqueSize": "N/A",
-            "VirtualSize": _human(self.size),
+            "VirtualSize": human_size(self.size),
         }
-
-
-def _human(n: int) -> str:
-    units = ["B", "kB", "MB", "GB", "TB"]
-    x = float(n)
-    i = 0
-    while x >= 1000 and i < len(units) - 1:
-        x /= 1000
-        i += 1
-    return f"{int(x)}B" if i == 0 else f"{x:.3g}{units[i]}"
-
-
-def _since(seconds: float) -> str:
-    s = int(seconds)
-    if s < 1:
-        return "Less than a second ago"
-    if s < 60:
-        return f"{s} second{'s' if s != 1 else ''} ago"
-    m = s // 60
-    if m == 1:
-        return "About a minute ago"
-    if m < 60:
-        return f"{m} minutes ago"
-    h = round(s / 3600)
-    if h == 1:
-        return "About an hour ago"
-    if h < 48:
-        return f"{h} hours ago"
-    if h < 24 * 14:
-        return f"{h // 24} days ago"
-    if h < 24 * 60:
-        return f"{h // 24 // 7} weeks ago"
-    if h < 24 * 730:
-        return f"{h // 24 // 30} months ago"
-    return f"{h // 24 // 365} years ago"
 
 
 def list_images(
@@ -408,9 +374,9 @@ class HistoryRow:
             "Comment": self.comment,
             "CreatedAt": self.created_at,
             "CreatedBy": self.created_by,
-            "CreatedSince": _since((now or time.time()) - self.created),
+            "CreatedSince": human_duration((now or time.time()) - self.created) + " ago",
             "ID": short_id(self.id) if trunc and self.id != "<missing>" else self.id,
-            "Size": _human(self.size),
+            "Size": human_size(self.size),
         }
 
 
@@ -710,8 +676,8 @@ class DfRow:
             self.type,
             str(self.total),
             str(self.active),
-            _human(self.size),
-            _human(self.reclaimable) + pct,
+            human_size(self.size),
+            human_size(self.reclaimable) + pct,
         ]
 
     def to_json(self) -> dict[str, str]:

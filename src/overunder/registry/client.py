@@ -29,12 +29,13 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, BinaryIO, Protocol
+from typing import BinaryIO, Protocol
 from urllib.parse import urlencode, urljoin, urlsplit
 
 from overunder.content.digest import is_digest, validate_digest
-from overunder.errors import IntegrityError, InvalidArgument, NotFound, RegistryError
+from overunder.errors import IntegrityError, NotFound, RegistryError
 from overunder.image import mediatypes as mt
+from overunder.image.manifest import detect_media_type
 from overunder.registry.auth import Authenticator
 from overunder.registry.config import Credentials
 from overunder.registry.transport import (
@@ -379,7 +380,7 @@ class RegistryClient:
                 f"to {actual}",
                 hint="the registry or something between is corrupting data; nothing was stored",
             )
-        media_type = _body_media_type(data) or content_type
+        media_type = detect_media_type(data, content_type)
         if media_type == mt.DOCKER_MANIFEST_V1_SIGNED or media_type.startswith(
             "application/vnd.docker.distribution.manifest.v1"
         ):
@@ -696,22 +697,3 @@ def _with_query(url: str, **params: str) -> str:
 
 def _rewindable(body: Body) -> bool:
     return body is None or isinstance(body, bytes)
-
-
-def _body_media_type(data: bytes) -> str:
-    try:
-        doc: Any = json.loads(data)
-    except (ValueError, UnicodeDecodeError) as err:
-        raise InvalidArgument(f"manifest is not valid JSON: {err}") from err
-    if not isinstance(doc, dict):
-        raise InvalidArgument("manifest is not a JSON object")
-    mtype = doc.get("mediaType")
-    if isinstance(mtype, str) and mtype:
-        return mtype
-    if "manifests" in doc:
-        return mt.OCI_INDEX
-    if "layers" in doc and "config" in doc:
-        return mt.OCI_MANIFEST
-    if doc.get("schemaVersion") == 1:
-        return mt.DOCKER_MANIFEST_V1_SIGNED
-    return ""
