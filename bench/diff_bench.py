@@ -19,14 +19,17 @@ Measured, median (min-max) of ``--repeat`` runs:
   an upper dir must do; Docker's naive differ does this).
 
 ``docker diff`` over the same changes is measured only when a Docker daemon answers
-(``docker version``); on this host none does, and the script says so. Needs root (whiteouts,
-trusted xattrs, mounting). Target: a few seconds at most.
+(``docker version``; it follows ``DOCKER_HOST``) and keeps its overlay2 dirs on this host: the
+same tar is ``docker import``-ed, a created container's UpperDir is filled the same way, and
+the sorted ``docker diff`` lines are compared with ours; otherwise the script says why not.
+Needs root (whiteouts, trusted xattrs, mounting). Target: a few seconds at most.
 """
 
 from __future__ import annotations
 
 import argparse
 import io
+import json
 import os
 import shutil
 import statistics
@@ -114,6 +117,59 @@ def docker_daemon() -> bool:
     return r.returncode == 0 and bool(r.stdout.strip())
 
 
+def _docker(*args: str) -> str:
+    return subprocess.run(
+        ["docker", *args], capture_output=True, text=True, check=True
+    ).stdout.strip()
+
+
+def docker_side(
+    work: Path, *, tar_bytes: bytes, entries: int, repeat: int, t_cli: list[float], ours: list[str]
+) -> None:
+    """The same image (``docker import`` of the same tar) and the same upper-dir contents,
+    written straight into the overlay2 UpperDir of a created container; then ``docker diff``
+    (a new client process each time, like our CLI row) and a check that both list the same
+    changes. Needs the daemon on this host (its UpperDir must be a local path)."""
+    (work / "docker-rootfs.tar").write_bytes(tar_bytes)
+    img = "overunder-bench/diff:1"
+    _docker("import", str(work / "docker-rootfs.tar"), img)
+    cid = ""
+    try:
+        cid = _docker("create", "--network", "none", img, "sleep", "100000")
+        gd = json.loads(_docker("inspect", "--format", "{{json .GraphDriver}}", cid))
+        upper = Path(gd.get("Data", {}).get("UpperDir", ""))
+        if gd.get("Name") != "overlay2" or not upper.is_dir():
+            print(f"docker diff: driver {gd.get('Name')} / UpperDir not local; not measured")
+            return
+        lower = Path(gd["Data"]["LowerDir"].split(":")[-1])  # bottom = the imported layer
+        populate(upper, lower / "bin", entries)
+
+        def run() -> str:
+            return _docker("diff", cid)
+
+        t_docker, out = timed(run, max(1, min(repeat, 3)))
+        theirs = sorted(str(out).splitlines())
+        print(f"{'docker diff (CLI + daemon)':36} {fmt(t_docker)}  [{len(theirs)} lines]")
+        ratio = statistics.median(t_docker) / statistics.median(t_cli)
+        print(f"overunder diff CLI is {ratio:.2f}x docker diff's speed")
+        if theirs == ours:
+            print("sorted output: identical to docker diff")
+        else:
+            only_ours = sorted(set(ours) - set(theirs))
+            only_docker = sorted(set(theirs) - set(ours))
+            print(
+                f"sorted output DIFFERS: {len(only_ours)} only ours, {len(only_docker)} only docker"
+            )
+            for line in only_ours[:10]:
+                print(f"  ours only:   {line}")
+            for line in only_docker[:10]:
+                print(f"  docker only: {line}")
+    finally:
+        if cid:
+            subprocess.run(["docker", "rm", "-f", cid], capture_output=True, check=False)
+        subprocess.run(["docker", "rmi", img], capture_output=True, check=False)
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--entries", type=int, default=100_000)
@@ -130,7 +186,8 @@ def main() -> int:
     root = work / "engine"
     paths = EnginePaths.resolve(str(root), None)
     try:
-        import_(paths, io.BytesIO(h.busybox_tar(work)), reference="bench:1")
+        tar_bytes = h.busybox_tar(work)
+        import_(paths, io.BytesIO(tar_bytes), reference="bench:1")
         h.create(paths, "bench:1", "bench")
         rec = find_container(paths, "bench")
         layers = container_layers(paths, rec)
@@ -174,7 +231,15 @@ def main() -> int:
         ratio = statistics.median(t_naive) / statistics.median(t_ours)
         print(f"upper-dir diff vs naive double walk: {ratio:.1f}x faster")
         if docker_daemon():
-            print("docker daemon found, but this script does not drive it yet: not measured")
+            ours_sorted = sorted(str(c) for c in lines)
+            docker_side(
+                work,
+                tar_bytes=tar_bytes,
+                entries=args.entries,
+                repeat=args.repeat,
+                t_cli=t_cli,
+                ours=ours_sorted,
+            )
         else:
             print("docker diff: no Docker daemon reachable on this host; not measured")
     finally:

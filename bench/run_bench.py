@@ -185,6 +185,27 @@ def main() -> int:
                 if i:
                     dk.append(t)
             results["docker run --rm IMAGE true"] = dk
+            dk_d, dk_rmf, dk_both = [], [], []
+            for i in range(args.n + 1):
+                t0 = time.perf_counter()
+                cid = subprocess.run(
+                    ["docker", "run", "-d", "--network", "none", img, "sleep", "1000"],
+                    capture_output=True,
+                    text=True,
+                    check=True,
+                ).stdout.strip()
+                t1 = time.perf_counter()
+                timed(["docker", "rm", "-f", cid], dict(os.environ))
+                t2 = time.perf_counter()
+                if i:
+                    dk_d.append(t1 - t0)
+                    dk_rmf.append(t2 - t1)
+                    dk_both.append(t2 - t0)
+            results["docker run -d IMAGE sleep"] = dk_d
+            results["docker rm -f (running)"] = dk_rmf
+            results["docker run -d + rm -f"] = dk_both
+            # The image was made by this run: leave the daemon as it was found.
+            subprocess.run(["docker", "rmi", img], capture_output=True, check=False)
         for name, xs in results.items():
             print(summary(name, xs))
         if "docker run --rm IMAGE true" not in results:
@@ -197,6 +218,11 @@ def main() -> int:
                 rm_runs
             )
             print(f"overunder is {ratio:.2f}x docker's speed for run --rm")
+            for what in ("run -d IMAGE sleep", "rm -f (running)", "run -d + rm -f"):
+                r2 = statistics.median(results[f"docker {what}"]) / statistics.median(
+                    results[f"overunder {what}"]
+                )
+                print(f"overunder is {r2:.2f}x docker's speed for {what}")
         floor = statistics.median(results["runc run (same tree, plain dir): the floor"])
         print(
             f"overhead over the runc floor: {statistics.median(rm_runs) - floor:.3f} s "

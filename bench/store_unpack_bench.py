@@ -1,6 +1,8 @@
 """Unpack the big test image (performance-anchors.md A1) into a fresh store: ``overunder load``
 of its OCI layout vs ``umoci raw unpack`` and plain ``tar -x`` of each layer, side by side in
-one run. Prints medians (min–max), ratios and peak RSS. Not part of the test suite.
+one run, and ``docker load`` of the same blobs (as a docker-archive tarball) when a Docker
+daemon answers ``docker info``. Prints medians (min–max), ratios and peak RSS. Not part of the
+test suite.
 
     .venv/bin/python bench/store_unpack_bench.py [--runs 3] [--dir /dev/shm/ou-bench]
 
@@ -222,6 +224,40 @@ def timed(argv: list[str], env: dict[str, str] | None = None) -> tuple[float, in
     return float(wall), int(rss)
 
 
+DOCKER_REF = "overunder-bench/big:1"
+
+
+def docker_daemon() -> bool:
+    """A daemon answers ``docker info`` (the client follows ``DOCKER_HOST``)."""
+    if shutil.which("docker") is None:
+        return False
+    try:
+        r = subprocess.run(["docker", "info"], capture_output=True, timeout=20, check=False)
+    except (OSError, subprocess.TimeoutExpired):
+        return False
+    return r.returncode == 0
+
+
+def docker_archive(layout: Path, out: Path) -> Path:
+    """The same blobs as a ``docker save`` tarball (Docker 20.10 cannot load an OCI layout):
+    manifest.json + config + the gzip layers as they are (``docker load`` decompresses)."""
+    blobs = layout / "blobs/sha256"
+    md = json.loads((layout / "index.json").read_text())["manifests"][0]["digest"]
+    m = json.loads((blobs / md[7:]).read_text())
+    cfg = m["config"]["digest"][7:]
+    names = [f"{d['digest'][7:]}/layer.tar" for d in m["layers"]]
+    man = [{"Config": f"{cfg}.json", "RepoTags": [DOCKER_REF], "Layers": names}]
+    data = json.dumps(man).encode()
+    with tarfile.open(out, "w") as tf:
+        tf.add(blobs / cfg, arcname=f"{cfg}.json")
+        for d, name in zip(m["layers"], names, strict=True):
+            tf.add(blobs / d["digest"][7:], arcname=name)
+        info = tarfile.TarInfo("manifest.json")
+        info.size = len(data)
+        tf.addfile(info, io.BytesIO(data))
+    return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--runs", type=int, default=3)
@@ -259,6 +295,22 @@ def main() -> None:
             None,
         ),
     }
+    if docker_daemon():
+        args.dir.mkdir(parents=True, exist_ok=True)
+        archive = docker_archive(layout, args.dir / "docker-archive.tar")
+        root_dir = subprocess.run(
+            ["docker", "info", "--format", "{{.DockerRootDir}}"],
+            capture_output=True,
+            text=True,
+            check=False,
+        ).stdout.strip()
+        print(f"docker load: the daemon's store is {root_dir}; RSS shown is the CLI's only")
+        tools["docker load (daemon)"] = lambda d: (
+            ["docker", "load", "-q", "-i", str(archive)],
+            None,
+        )
+    else:
+        print("docker: no daemon reachable (docker info fails), docker load not measured")
     results: dict[str, list[tuple[float, int]]] = {k: [] for k in tools}
     for r in range(args.runs):
         for name, make in tools.items():
@@ -269,6 +321,9 @@ def main() -> None:
             subprocess.run(["sync"], check=True)
             results[name].append(timed(argv, env))
             shutil.rmtree(d, ignore_errors=True)
+            if name.startswith("docker"):
+                # Untimed: the next run must unpack again, and the daemon is left as found.
+                subprocess.run(["docker", "rmi", DOCKER_REF], capture_output=True, check=False)
     shutil.rmtree(args.dir, ignore_errors=True)
     base = statistics.median(w for w, _ in results["umoci raw unpack"])
     print(f"big image ({len(layers)} layers), {args.runs} runs, store on {args.dir}")
