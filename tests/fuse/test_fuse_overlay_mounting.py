@@ -28,8 +28,9 @@ from fuse_overlay_helpers import (
     write,
 )
 
-from conftest import require_fuse, require_overlay, require_root
+from conftest import require, require_fuse, require_overlay, require_root
 from overunder.errors import FailedPrecondition, InvalidArgument
+from overunder.fuse.daemon import run_file
 from overunder.mount.fuse import mount_fuse, pid_file_for, unmount_fuse
 from overunder.mount.options import parse_overlay_options
 
@@ -174,6 +175,7 @@ def test_killed_process_leaves_a_dead_mount_that_unmount_clears(base: Path) -> N
         assert "dead" in message
         assert not os.path.ismount(m)
         assert not pid_file_for(m).exists()
+        assert not run_file(m, ".log").exists(), "the killed process's log was empty"
     finally:
         ours_umount(m)
 
@@ -184,6 +186,23 @@ def test_unmount_ends_the_process(base: Path) -> None:
     message = unmount_fuse(m)
     assert f"process {pid} ended" in message
     assert not os.path.exists(f"/proc/{pid}") or _zombie(pid)
+
+
+def test_clean_unmount_leaves_nothing_in_the_run_dir(base: Path) -> None:
+    """The pid file lives while mounted; after a clean unmount neither it nor the (empty) log
+    is left in /run/overunder/fuse (one pair per mount used to pile up there)."""
+    l1, l2, u, w, m = layers(base)
+    run_dir = run_file(m, ".log").parent
+    ours = {run_file(m, ".log").name, run_file(m, ".pid").name}
+    before = set(os.listdir(run_dir)) & ours if run_dir.exists() else set()
+    assert not before
+    pid = ours_mount([l1, l2], u, w, m)
+    try:
+        assert pid_file_for(m).read_text().strip() == str(pid)
+        assert stat.S_IMODE(pid_file_for(m).stat().st_mode) == 0o644
+    finally:
+        unmount_fuse(m)
+    assert set(os.listdir(run_dir)) & ours == set()
 
 
 def _zombie(pid: int) -> bool:
@@ -229,14 +248,18 @@ def test_trace_records_copy_up_whiteout_opaque_redirect(base: Path) -> None:
     copy = next(e for e in events if e["event"] == "copy-up" and e["path"] == "/f")
     assert copy["bytes"] == 3
     assert copy["layer"] == 1  # "lower 1": the leftmost lowerdir
+    assert events[0]["event"] == "mount"
+    assert events[-1]["event"] == "unmount"
+    assert events[-1]["mountpoint"] == str(m)
+    # made by the daemon (umask 0), readable by its owner only: it names files
+    assert stat.S_IMODE(trace.stat().st_mode) == 0o600
 
 
 def test_mount_8_uses_the_helper(base: Path) -> None:
     # libmount looks for mount.<type> helpers only in /sbin (FS_SEARCH_PATH), not in
     # /usr/local/sbin; without it mount.fuse3 would run a program named "overunder".
     helper = Path("/sbin/mount.fuse.overunder")
-    if not helper.exists():
-        pytest.skip("needs /sbin/mount.fuse.overunder (ln -s .venv/bin/mount.fuse.overunder)")
+    require(helper.exists(), "/sbin/mount.fuse.overunder (ln -s .venv/bin/mount.fuse.overunder)")
     l1, l2, u, w, m = layers(base)
     res = subprocess.run(
         ["mount", "-t", "fuse.overunder", "overlay", str(m), "-o",
@@ -273,17 +296,8 @@ def test_permissions_checked_like_the_kernel(base: Path) -> None:
         assert res.stdout == "l1\n"
 
 
-@pytest.fixture
-def open_dev_fuse() -> Iterator[None]:
-    mode = stat.S_IMODE(os.stat("/dev/fuse").st_mode)
-    os.chmod("/dev/fuse", 0o666)
-    try:
-        yield
-    finally:
-        os.chmod("/dev/fuse", mode)
-
-
-def test_unprivileged_mount_as_nobody(base: Path, open_dev_fuse: None) -> None:
+@pytest.mark.usefixtures("dev_fuse_0666")
+def test_unprivileged_mount_as_nobody(base: Path) -> None:
     l1, l2, u, w, m = layers(base)
     nobody = 65534
     for top in (l1, l2, u, w, m):  # a rootless user's own layers
@@ -308,8 +322,7 @@ finally:
     # The venv's interpreter may live under /root (0700): run the system python on our
     # sources, as an unprivileged user's own install would.
     python = "/usr/bin/python3"
-    if not os.access(python, os.X_OK):
-        pytest.skip("needs /usr/bin/python3 for the unprivileged user")
+    require(os.access(python, os.X_OK), "/usr/bin/python3 for the unprivileged user")
     src = str(Path(__file__).resolve().parents[2] / "src")
     env = {**os.environ, "XDG_RUNTIME_DIR": str(base / "run"), "HOME": str(base), "PYTHONPATH": src}
     (base / "run").mkdir()

@@ -31,7 +31,7 @@ from overunder.fuse.layers import Stack
 from overunder.fuse.trace import Tracer, trace_path_for
 from overunder.layerfs.whiteout import WhiteoutStyle, XattrNS, probe_capabilities
 
-__all__ = ["DaemonConfig", "build_stack", "main", "serve"]
+__all__ = ["DaemonConfig", "build_stack", "main", "run_file", "serve"]
 
 log = logging.getLogger("overunder.fuse")
 
@@ -113,14 +113,53 @@ def _report(fd: int | None, payload: dict[str, Any]) -> None:
         os.close(fd)
 
 
+def run_file(mountpoint: Path, suffix: str) -> Path:
+    """The mount's ``.pid``/``.log`` file in the run dir, named after the mountpoint (next
+    to :func:`~overunder.fuse.trace.trace_path_for`'s default trace)."""
+    return trace_path_for(mountpoint).with_suffix(suffix)
+
+
+def _write_pid_file(mountpoint: Path) -> None:
+    """Record our pid for ``unmount_fuse``/``overlay watch`` before we report ready (written
+    here, not by the mounter, so a mount unmounted at once never leaves a stale pid file)."""
+    pid_file = run_file(mountpoint, ".pid")
+    tmp = pid_file.with_name(f".{pid_file.name}.{os.getpid()}")
+    try:
+        pid_file.parent.mkdir(mode=0o755, parents=True, exist_ok=True)
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
+        try:
+            os.write(fd, f"{os.getpid()}\n".encode())
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.rename(tmp, pid_file)
+    except OSError as err:
+        # The mount works without it; only unmount_fuse's wait for our end is lost.
+        log.warning("cannot write pid file %s: %s", pid_file, err)
+
+
 def _drop_pid_file(mountpoint: Path) -> None:
-    """Remove the pid file ``mount_fuse`` wrote for us, if it is still ours (``umount MNT``
-    by mount(8) never tells the mount package)."""
-    pid_file = trace_path_for(mountpoint).with_suffix(".pid")
+    """Remove our pid file, if it is still ours (``umount MNT`` by mount(8) never tells the
+    mount package)."""
+    pid_file = run_file(mountpoint, ".pid")
     try:
         if int(pid_file.read_text().strip()) == os.getpid():
             pid_file.unlink()
     except (OSError, ValueError):
+        pass
+
+
+def _drop_empty_log(mountpoint: Path) -> None:
+    """After a clean end, remove our log if nothing was written to it (one file per mount
+    would pile up in the run dir otherwise); a log with warnings, errors or ``--debug`` output
+    stays. Only the file our stderr goes to (a newer mount on the same target has its own)."""
+    log_file = run_file(mountpoint, ".log")
+    try:
+        ours = os.fstat(2)
+        st = os.stat(log_file)
+        if (st.st_dev, st.st_ino) == (ours.st_dev, ours.st_ino) and ours.st_size == 0:
+            log_file.unlink()
+    except OSError:
         pass
 
 
@@ -157,7 +196,9 @@ def serve(cfg: DaemonConfig, ready_fd: int | None) -> int:
         return 1
 
     tracer.emit("mount", mountpoint=cfg.mountpoint, lowerdirs=cfg.lowerdirs, upperdir=cfg.upperdir)
+    clean = False
     try:
+        _write_pid_file(Path(cfg.mountpoint))
         # The session unmounts on SIGTERM/SIGINT itself; ready once FUSE_INIT is answered.
         ready = lambda: _report(ready_fd, {"ok": True, "pid": os.getpid()})  # noqa: E731
         profile = os.environ.get("OVERUNDER_FUSE_PROFILE")
@@ -171,10 +212,14 @@ def serve(cfg: DaemonConfig, ready_fd: int | None) -> int:
                 prof.dump_stats(profile)
         else:
             session.run(on_ready=ready)
+        clean = True
     finally:
         tracer.emit("unmount", mountpoint=cfg.mountpoint)
         tracer.close()
         _drop_pid_file(Path(cfg.mountpoint))
+        if clean:
+            logging.shutdown()
+            _drop_empty_log(Path(cfg.mountpoint))
     return 0
 
 

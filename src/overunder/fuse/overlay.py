@@ -359,7 +359,8 @@ class OverlayOperations(Operations):
         for fd, _node in self._files.values():
             os.close(fd)
         self._files.clear()
-        self.core.tracer.close()
+        # The tracer stays open: whoever made it (the daemon's serve()) still writes the
+        # ``unmount`` event after the session ends, then closes it.
 
 
 def make_session(

@@ -33,12 +33,17 @@ __all__ = [
 
 
 class Tracer:
-    """Writes events to a file (append, one flush per event so ``watch`` sees them live)."""
+    """Writes events to a file (append, one flush per event so ``watch`` sees them live).
+
+    A new file is made 0600 whatever the umask (the daemon runs with umask 0): the trace names
+    every file copied up or deleted, which is nobody else's business. An existing file keeps
+    its mode."""
 
     def __init__(self, path: Path | None) -> None:
         self._fh: IO[str] | None = None
         if path is not None:
-            self._fh = open(path, "a", encoding="utf-8")  # noqa: SIM115 - lives with the mount
+            fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o600)
+            self._fh = os.fdopen(fd, "a", encoding="utf-8")
 
     @property
     def enabled(self) -> bool:

@@ -109,7 +109,7 @@ def mount_fuse(
             )
         os.close(write_fd)
         write_fd = -1
-        answer = _read_answer(read_fd, proc)
+        answer = _read_answer(read_fd, proc, log_path)
     finally:
         os.close(read_fd)
         if write_fd >= 0:
@@ -117,23 +117,29 @@ def mount_fuse(
     if answer is None:
         proc.wait(timeout=5)
         tail = _tail(log_path)
+        kept = _keep_log_if_written(log_path)
         raise FailedPrecondition(
             f"the fuse.overunder process for {target} exited with status {proc.returncode} "
             "before the mount was live" + (f": {tail}" if tail else ""),
-            hint=f"run with --debug, or read {log_path}",
+            hint="run with --debug" + (f", or read its log {kept}" if kept else ""),
         )
     if not answer.get("ok"):
         proc.wait(timeout=5)
         cls = _CATEGORIES.get(str(answer.get("category")), FailedPrecondition)
-        hint = answer.get("hint")
-        raise cls(str(answer.get("message")), hint=str(hint) if hint else None)
-    pid_file_for(target).write_text(f"{proc.pid}\n")
+        hint = str(answer.get("hint") or "")
+        kept = _keep_log_if_written(log_path)
+        if kept:
+            hint = (hint + "; " if hint else "") + f"the process's log: {kept}"
+        raise cls(str(answer.get("message")), hint=hint or None)
+    # The pid file is the process's own (written before it reported ready, removed at its end).
     # The child is ours only until it is live: never reap it from here again.
     proc.returncode = 0
     return proc.pid
 
 
-def _read_answer(fd: int, proc: subprocess.Popen[bytes]) -> dict[str, object] | None:
+def _read_answer(
+    fd: int, proc: subprocess.Popen[bytes], log_path: Path
+) -> dict[str, object] | None:
     deadline = time.monotonic() + _START_TIMEOUT
     data = b""
     while time.monotonic() < deadline:
@@ -152,12 +158,24 @@ def _read_answer(fd: int, proc: subprocess.Popen[bytes]) -> dict[str, object] | 
         os.kill(proc.pid, signal.SIGKILL)
         raise FailedPrecondition(
             f"the fuse.overunder process did not report within {_START_TIMEOUT:.0f} s",
-            hint="run with --debug to see where it hangs",
+            hint=f"run with --debug to see where it hangs; its log: {log_path}",
         )
     if not data.strip():
         return None
     parsed = json.loads(data)
     return parsed if isinstance(parsed, dict) else None
+
+
+def _keep_log_if_written(path: Path) -> Path | None:
+    """A failed process's log: kept (and returned, for the error) when it says something,
+    else removed, so the run dir does not collect one empty file per attempt."""
+    try:
+        if path.stat().st_size > 0:
+            return path
+        path.unlink()
+    except OSError:
+        pass
+    return None
 
 
 def _tail(path: Path, lines: int = 5) -> str:
@@ -227,11 +245,15 @@ def unmount_fuse(target: Path) -> str:
             os.kill(pid, signal.SIGTERM)
     with contextlib.suppress(OSError):
         pid_file.unlink()
+    # The process removes an empty log itself at a clean end; one killed could not.
+    kept = (
+        None if pid is not None and _alive(pid) else _keep_log_if_written(_run_file(target, ".log"))
+    )
     if dead:
         who = f" (process {pid} had died)" if pid is not None else ""
         return (
             f"{target} was a dead fuse.overunder mount{who}: transport endpoint is not "
-            "connected; cleared it"
+            "connected; cleared it" + (f" (its log: {kept})" if kept else "")
         )
     return f"unmounted {target}" + (f"; filesystem process {pid} ended" if pid else "")
 

@@ -199,6 +199,41 @@ class RuntimeBinary:
                 raise NotFound(f"{self.name} kill {container_id}: {text}")
             raise FailedPrecondition(f"{self.name} kill {container_id} failed: {text}")
 
+    def signal_init(self, container_id: str, sig: int) -> None:
+        """Send ``sig`` to the container's init, as ``runc kill`` does, without the round trip
+        (~20 ms) when runc's state names a live init: a pidfd opened on it and its start time
+        checked, so that a reused pid is never signalled. Our containers always have a PID
+        namespace of their own, so SIGKILL to its init takes every process of the container
+        with it (what ``kill --all`` is for). Anything unusual goes to ``runc kill``."""
+        if self.name == "runc" and self._signal_init_directly(container_id, sig):
+            return
+        self.kill(container_id, sig, all_processes=sig == signal.SIGKILL)
+
+    def _signal_init_directly(self, container_id: str, sig: int) -> bool:
+        try:
+            state = json.loads((self.state_root / container_id / "state.json").read_text())
+            pid = int(state["init_process_pid"])
+            start = int(state["init_process_start"])
+            namespaces = state["config"]["namespaces"]
+            own_pidns = any(n.get("type") == "NEWPID" and not n.get("path") for n in namespaces)
+        except (OSError, ValueError, KeyError, TypeError, AttributeError):
+            return False
+        if not own_pidns or pid <= 0:
+            return False
+        try:
+            fd = os.pidfd_open(pid)
+        except OSError:
+            return False
+        try:
+            if _start_time(pid) != start:
+                return False
+            signal.pidfd_send_signal(fd, sig)
+        except OSError:
+            return False
+        finally:
+            os.close(fd)
+        return True
+
     def delete(self, container_id: str, *, force: bool = False) -> None:
         """Forget the container in the runtime (its cgroup and state); missing is fine."""
         args = ["delete"]
@@ -210,6 +245,52 @@ class RuntimeBinary:
                 f"{self.name} delete {container_id} failed: {_last_line(r.stderr)}"
             )
 
+    def delete_stopped(self, container_id: str) -> None:
+        """``delete --force`` of a container whose init has exited, done in-process when
+        that is all runc would do: the state says runc, no hooks, the init is gone, and each
+        cgroup dir is empty, so removing the cgroup dirs and the state dir is the whole job
+        (~1 ms instead of a ~30 ms runc round trip on the exit path of every container).
+        Anything else (other processes left in the cgroup, hooks, an unknown state layout,
+        crun) goes to the runtime itself."""
+        if self.name != "runc" or not self._delete_without_runtime(container_id):
+            self.delete(container_id, force=True)
+
+    def _delete_without_runtime(self, container_id: str) -> bool:
+        state_dir = self.state_root / container_id
+        try:
+            state = json.loads((state_dir / "state.json").read_text())
+            if set(os.listdir(state_dir)) != {"state.json"}:
+                return False
+            pid = int(state["init_process_pid"])
+            start = int(state["init_process_start"])
+            cgroups = state["cgroup_paths"]
+            hooks = (state.get("config") or {}).get("hooks") or {}
+        except FileNotFoundError:
+            return True  # already deleted
+        except (OSError, ValueError, KeyError, TypeError):
+            return False
+        if any(hooks.values()) or state.get("intel_rdt_path") or not isinstance(cgroups, dict):
+            return False
+        if _start_time(pid) == start:
+            return False  # the init still runs: runc kills it
+        for path in cgroups.values():
+            if not isinstance(path, str) or not path.startswith("/sys/fs/cgroup/"):
+                return False
+            try:
+                os.rmdir(path)
+            except FileNotFoundError:
+                continue
+            except OSError:
+                return False  # busy (processes left) or a sub-cgroup: runc's job
+        try:
+            os.unlink(state_dir / "state.json")
+            os.rmdir(state_dir)
+        except FileNotFoundError:
+            pass
+        except OSError:
+            return False
+        return True
+
     def pause(self, container_id: str) -> None:
         r = self._call("pause", container_id)
         if r.returncode != 0:
@@ -219,6 +300,16 @@ class RuntimeBinary:
         r = self._call("resume", container_id)
         if r.returncode != 0:
             raise FailedPrecondition(f"{self.name} resume failed: {_last_line(r.stderr)}")
+
+
+def _start_time(pid: int) -> int | None:
+    """Field 22 of ``/proc/<pid>/stat``; None when the process is gone or a zombie."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    rest = stat[stat.rfind(")") + 2 :].split()
+    return None if rest[0] == "Z" else int(rest[19])
 
 
 def _last_line(text: str) -> str:

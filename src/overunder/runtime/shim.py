@@ -40,6 +40,7 @@ import contextlib
 import ctypes
 import json
 import os
+import select
 import signal
 import socket
 import subprocess
@@ -83,6 +84,9 @@ MNT_DETACH = 2
 SHIM_MODULE = "overunder.runtime.shim_main"
 # The engine creates this file in the state dir before a stop, kill or rm: no restart after.
 STOP_MARKER = "stop-requested"
+# How long a foreground run --rm caller may take to remove its container before the shim
+# falls back to its exit hook.
+CALLER_REMOVE_TIMEOUT = 120.0
 RESTART_DELAY_MIN = 0.1
 RESTART_DELAY_MAX = 60.0
 RESTART_RESET_AFTER = 10.0
@@ -179,6 +183,84 @@ def read_exit(state_dir: Path) -> ExitInfo | None:
         finished_at=str(data["FinishedAt"]),
         error=str(data.get("Error", "")),
     )
+
+
+_IN_CLOEXEC = 0o2000000
+_IN_NONBLOCK = 0o4000
+_IN_CREATE = 0x100
+_IN_MOVED_TO = 0x80
+
+
+def _inotify_dir(path: Path) -> int | None:
+    """An inotify fd that becomes readable when a name appears in ``path`` (exit.json is
+    renamed into place); None when inotify is not available."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    fd = int(libc.inotify_init1(_IN_CLOEXEC | _IN_NONBLOCK))
+    if fd < 0:
+        return None
+    if libc.inotify_add_watch(fd, str(path).encode(), _IN_CREATE | _IN_MOVED_TO) < 0:
+        os.close(fd)
+        return None
+    return fd
+
+
+def _shim_pidfd(state_dir: Path) -> int | None:
+    """A pidfd of the recorded shim, opened only if that pid is still the same process (its
+    start time checked after opening, so a reused pid is never waited on)."""
+    try:
+        data = json.loads((state_dir / "shim.pid").read_text())
+        pid = int(data.get("pid", 0))
+    except (OSError, ValueError):
+        return None
+    if pid <= 0:
+        return None
+    try:
+        fd = os.pidfd_open(pid)
+    except (OSError, AttributeError):
+        return None
+    if process_start_time(pid) != data.get("start_time"):
+        os.close(fd)
+        return None
+    return fd
+
+
+def wait_shim_exit(state_dir: Path, timeout: float | None) -> bool:
+    """Block until the shim in ``state_dir`` has written exit.json or is gone; False when
+    ``timeout`` seconds passed first.
+
+    Woken by events, not fixed sleeps: a pidfd of the shim (readable when it exits) and an
+    inotify watch on the dir (exit.json renamed in). A slow poll stays as a safety net, for a
+    kernel without pidfd/inotify and for the start-time re-check."""
+    deadline = None if timeout is None else time.monotonic() + timeout
+    pidfd = _shim_pidfd(state_dir)
+    ifd = _inotify_dir(state_dir) if pidfd is not None else None
+    fds = [fd for fd in (pidfd, ifd) if fd is not None]
+    poller = select.poll()
+    for fd in fds:
+        poller.register(fd, select.POLLIN)
+    # Without a pidfd nothing wakes us: poll the files briefly, as before.
+    step = 0.25 if pidfd is not None else 0.005
+    try:
+        while True:
+            if read_exit(state_dir) is not None or not shim_alive(state_dir):
+                return True
+            left = None if deadline is None else deadline - time.monotonic()
+            if left is not None and left <= 0:
+                return False
+            wait = step if left is None else min(step, left)
+            events = poller.poll(int(wait * 1000) + 1) if fds else []
+            if not fds:
+                time.sleep(wait)
+                step = min(step * 2, 0.05)
+            for fd, _ev in events:
+                if fd == pidfd:
+                    return True
+                if fd == ifd:
+                    with contextlib.suppress(OSError):
+                        os.read(fd, 65536)
+    finally:
+        for fd in fds:
+            os.close(fd)
 
 
 @dataclass(frozen=True, slots=True)
@@ -438,7 +520,7 @@ class _Shim:
             if status is None:
                 return 1  # the first start failed: reported to the caller, nothing left
             with contextlib.suppress(OverunderError, subprocess.SubprocessError):
-                self.runtime.delete(cfg.container_id, force=True)
+                self.runtime.delete_stopped(cfg.container_id)
             if not self.should_restart(status, restarts):
                 break
             # Docker's backoff: 100 ms doubling per restart, back to 100 ms after a run of
@@ -461,6 +543,7 @@ class _Shim:
         self.log.close()
         finished = format_timestamp()
         self.proxy.close()
+        _release_caller_stdio()
         if cfg.unmount_after_exit:
             _unmount_quietly(cfg.unmount_after_exit)
         write_json_atomic(
@@ -468,9 +551,25 @@ class _Shim:
             {"ExitCode": status, "FinishedAt": finished, "Error": ""},
         )
         self.send({"exit": status})
-        if cfg.on_exit:
+        if cfg.on_exit and not self.caller_removed_it():
             self.run_exit_hook(cfg.on_exit)
         return 0
+
+    def caller_removed_it(self) -> bool:
+        """An attached caller (``run --rm`` in the foreground) removes the container itself
+        and then hangs up; only if it went away without doing so (killed, or it failed) is
+        the exit hook needed. Saves starting a second interpreter that would compete with
+        the caller for the CPU and the container's locks."""
+        if not self.attached:
+            return False
+        self.sock.settimeout(CALLER_REMOVE_TIMEOUT)
+        try:
+            while self.sock.recv(4096):
+                pass
+        except OSError:
+            return False
+        # The removal takes the run dir (our state dir) with it.
+        return not self.state.exists()
 
     def stop_requested(self) -> bool:
         return (self.state / STOP_MARKER).exists()
@@ -685,6 +784,19 @@ class _Shim:
     def cleanup_runtime(self) -> None:
         with contextlib.suppress(OverunderError, subprocess.SubprocessError):
             self.runtime.delete(self.cfg.container_id, force=True)
+
+
+def _release_caller_stdio() -> None:
+    """Point fds 0-2 at /dev/null once the container is done: an attached caller's pipes
+    (``out=$(overunder run --rm ...)``) must reach EOF when the caller exits, not when the
+    shim does, after its exit hook."""
+    with contextlib.suppress(OSError):
+        null = os.open(os.devnull, os.O_RDWR)
+        for target in (0, 1, 2):
+            if null != target:
+                os.dup2(null, target)
+        if null > 2:
+            os.close(null)
 
 
 def _unmount_quietly(target: str) -> None:

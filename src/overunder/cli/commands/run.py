@@ -98,9 +98,13 @@ def run(args: argparse.Namespace, ctx: Context) -> int:
             proxy_signals(send) if not args.tty else contextlib.nullcontext(),
         ):
             code = handle.wait_exit()
+    except BaseException:
+        handle.close()
+        raise
     finally:
         raw.close()
-        handle.close()
+    # The shim's connection stays open until the container is removed: hanging up tells a
+    # --rm shim that its exit hook is not needed (see runtime.shim).
     try:
         reconcile(ctx.paths, find_container(ctx.paths, rec.id))
         if args.rm:
@@ -109,4 +113,6 @@ def run(args: argparse.Namespace, ctx: Context) -> int:
         pass  # --rm: reconcile already removed it
     except OverunderError as err:
         ctx.error(err)
+    finally:
+        handle.close()
     return code
