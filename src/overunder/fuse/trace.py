@@ -70,7 +70,9 @@ def trace_path_for(mountpoint: Path) -> Path:
         if os.geteuid() == 0
         else Path(os.environ.get("XDG_RUNTIME_DIR", "/tmp")) / "overunder-fuse"
     )
-    key = str(mountpoint.resolve()).strip("/").replace("/", "_") or "root"
+    # No resolve(): it would lstat the mountpoint, and the daemon calls this between mount(2)
+    # and answering FUSE_INIT, when a stat of its own root blocks forever.
+    key = os.path.abspath(mountpoint).strip("/").replace("/", "_") or "root"
     return base / f"{key}.trace"
 
 
