@@ -260,9 +260,15 @@ class OverlayCore:
         resolved just now with a stat of its current object, that stat is left in
         ``last_st`` (saves the caller a second lstat)."""
         self.last_st = None
-        cached = self.nodes.children.get((parent.nid, name))
+        key = (parent.nid, name)
+        cached = self.nodes.children.get(key)
         if cached is not None:
-            return cached
+            if cached.parent is parent or any(p is parent for p, _ in cached.aliases):
+                return cached
+            # Left over from an earlier node with this id: a child made here without a kernel
+            # reference (nlookup 0) outlives its parent's FORGET, and the parent, looked up
+            # again, gets the same id (its inode number). Its parent link is dead: resolve anew.
+            del self.nodes.children[key]
         if parent.fmt != stat.S_IFDIR:
             raise _err(errno.ENOTDIR)
         if name.startswith(".wh.") and self.stack.upper_has_wh_files:
@@ -914,7 +920,16 @@ class OverlayCore:
             os.chmod(path, stat.S_IMODE(new))
 
     def readlink(self, node: Node) -> bytes:
-        return os.readlink(os.fsencode(self.real(node)))
+        real = self.real(node)
+        try:
+            return os.readlink(os.fsencode(real))
+        except OSError as err:
+            # Name the layer file and the node: the caller only ever sees the errno.
+            raise OSError(
+                err.errno,
+                f"{err.strerror} (node {node.nid}, merged /{node.path}, in_upper={node.in_upper})",
+                real,
+            ) from err
 
     # ----------------------------------------------------------------- xattrs
     # Overlay's own xattrs (``trusted.overlay.*``) are stored escaped, as the kernel does

@@ -46,6 +46,10 @@ class DaemonConfig:
     debug: bool = False
     fsname: str = "overlay"
     userxattr: bool = False
+    # Where mount_fuse put our log and wants our pid (its run dir, named after the mountpoint).
+    # Given, not derived here: resolving the mountpoint once mounted would ask ourselves.
+    pid_file: str | None = None
+    log_file: str | None = None
 
     def to_json(self) -> str:
         return json.dumps(
@@ -58,6 +62,8 @@ class DaemonConfig:
                 "debug": self.debug,
                 "fsname": self.fsname,
                 "userxattr": self.userxattr,
+                "pid_file": self.pid_file,
+                "log_file": self.log_file,
             }
         )
 
@@ -73,6 +79,8 @@ class DaemonConfig:
             debug=bool(raw.get("debug")),
             fsname=str(raw.get("fsname", "overlay")),
             userxattr=bool(raw.get("userxattr")),
+            pid_file=raw.get("pid_file"),
+            log_file=raw.get("log_file"),
         )
 
 
@@ -115,14 +123,14 @@ def _report(fd: int | None, payload: dict[str, Any]) -> None:
 
 def run_file(mountpoint: Path, suffix: str) -> Path:
     """The mount's ``.pid``/``.log`` file in the run dir, named after the mountpoint (next
-    to :func:`~overunder.fuse.trace.trace_path_for`'s default trace)."""
+    to :func:`~overunder.fuse.trace.trace_path_for`'s default trace). It resolves the
+    mountpoint: never call it while serving that mount from the serving thread."""
     return trace_path_for(mountpoint).with_suffix(suffix)
 
 
-def _write_pid_file(mountpoint: Path) -> None:
+def _write_pid_file(pid_file: Path) -> None:
     """Record our pid for ``unmount_fuse``/``overlay watch`` before we report ready (written
     here, not by the mounter, so a mount unmounted at once never leaves a stale pid file)."""
-    pid_file = run_file(mountpoint, ".pid")
     tmp = pid_file.with_name(f".{pid_file.name}.{os.getpid()}")
     try:
         pid_file.parent.mkdir(mode=0o755, parents=True, exist_ok=True)
@@ -138,10 +146,9 @@ def _write_pid_file(mountpoint: Path) -> None:
         log.warning("cannot write pid file %s: %s", pid_file, err)
 
 
-def _drop_pid_file(mountpoint: Path) -> None:
+def _drop_pid_file(pid_file: Path) -> None:
     """Remove our pid file, if it is still ours (``umount MNT`` by mount(8) never tells the
     mount package)."""
-    pid_file = run_file(mountpoint, ".pid")
     try:
         if int(pid_file.read_text().strip()) == os.getpid():
             pid_file.unlink()
@@ -149,11 +156,10 @@ def _drop_pid_file(mountpoint: Path) -> None:
         pass
 
 
-def _drop_empty_log(mountpoint: Path) -> None:
+def _drop_empty_log(log_file: Path) -> None:
     """After a clean end, remove our log if nothing was written to it (one file per mount
     would pile up in the run dir otherwise); a log with warnings, errors or ``--debug`` output
     stays. Only the file our stderr goes to (a newer mount on the same target has its own)."""
-    log_file = run_file(mountpoint, ".log")
     try:
         ours = os.fstat(2)
         st = os.stat(log_file)
@@ -198,7 +204,8 @@ def serve(cfg: DaemonConfig, ready_fd: int | None) -> int:
     tracer.emit("mount", mountpoint=cfg.mountpoint, lowerdirs=cfg.lowerdirs, upperdir=cfg.upperdir)
     clean = False
     try:
-        _write_pid_file(Path(cfg.mountpoint))
+        if cfg.pid_file is not None:
+            _write_pid_file(Path(cfg.pid_file))
         # The session unmounts on SIGTERM/SIGINT itself; ready once FUSE_INIT is answered.
         ready = lambda: _report(ready_fd, {"ok": True, "pid": os.getpid()})  # noqa: E731
         profile = os.environ.get("OVERUNDER_FUSE_PROFILE")
@@ -216,10 +223,12 @@ def serve(cfg: DaemonConfig, ready_fd: int | None) -> int:
     finally:
         tracer.emit("unmount", mountpoint=cfg.mountpoint)
         tracer.close()
-        _drop_pid_file(Path(cfg.mountpoint))
+        # Unmounted by now: resolving the mountpoint no longer reaches us.
+        mnt = Path(cfg.mountpoint)
+        _drop_pid_file(Path(cfg.pid_file) if cfg.pid_file else run_file(mnt, ".pid"))
         if clean:
             logging.shutdown()
-            _drop_empty_log(Path(cfg.mountpoint))
+            _drop_empty_log(Path(cfg.log_file) if cfg.log_file else run_file(mnt, ".log"))
     return 0
 
 

@@ -19,6 +19,7 @@ mount are answered from memory (an untar: ~15% fewer requests). FLUSH is answere
 from __future__ import annotations
 
 import errno
+import logging
 import os
 import stat
 from collections.abc import Sequence
@@ -43,6 +44,7 @@ from overunder.fuse.trace import Tracer
 __all__ = ["CACHE_TIMEOUT", "OverlayOperations", "make_session"]
 
 CACHE_TIMEOUT = 3600.0
+log = logging.getLogger("overunder.fuse")
 _fsdecode = os.fsdecode
 
 
@@ -166,7 +168,14 @@ class OverlayOperations(Operations):
         return out
 
     def readlink(self, ino: int) -> bytes:
-        return self.core.readlink(self._node(ino))
+        try:
+            return self.core.readlink(self._node(ino))
+        except OSError as err:
+            # The kernel asks only for a node it just looked up as a symlink, so any failure
+            # here is a layer changing under the mount or a bug: leave the real path in the
+            # log (kept when non-empty), as the caller sees only the errno.
+            log.warning("READLINK %d: %s: %s", ino, err.filename, err.strerror)
+            raise
 
     def mknod(
         self, parent: int, name: bytes, mode: int, rdev: int, ctx: RequestContext

@@ -99,6 +99,7 @@ from pathlib import Path
 from types import FrameType
 from typing import Any, Protocol
 
+from overunder.errors import NotFound
 from overunder.fuse import protocol as P
 from overunder.fuse.mounting import FuseMount, mount_fd, unmount
 
@@ -887,6 +888,10 @@ class Session:
         except Exception:
             try:
                 self.unmount(lazy=True)
+            except NotFound:
+                # Already detached (``umount -l`` before the SIGTERM): nothing to report, and a
+                # warning would keep the process's log file for nothing.
+                pass
             except Exception as err:
                 log.warning("unmount of %s on signal failed: %s", self.mountpoint, err)
 

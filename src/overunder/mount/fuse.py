@@ -92,6 +92,8 @@ def mount_fuse(
         trace=str(Path(os.path.abspath(trace))) if trace is not None else None,
         debug=debug,
         userxattr="userxattr" in opts.extra,
+        pid_file=str(pid_file_for(target)),
+        log_file=str(_run_file(target, ".log")),
     )
     log_path = _run_file(target, ".log")
     log_path.parent.mkdir(parents=True, exist_ok=True)

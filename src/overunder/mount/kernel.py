@@ -25,7 +25,6 @@ moment, their lines can be reported with ours (the fs-context log has no such ra
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 import errno
 import os
 from collections.abc import Iterator, Sequence
@@ -115,7 +114,8 @@ _libc: ctypes.CDLL | None = None
 def _lib() -> ctypes.CDLL:
     global _libc
     if _libc is None:
-        lib = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+        # The soname, not find_library("c"): that forks ldconfig -p (~5 ms per mount).
+        lib = ctypes.CDLL("libc.so.6", use_errno=True)
         lib.mount.argtypes = [
             ctypes.c_char_p,
             ctypes.c_char_p,
