@@ -224,3 +224,10 @@ def test_treeview_fallback_draws_like_tree(tmp_path: Path) -> None:
     if tree is not None:
         real = subprocess.run([tree, str(tmp_path)], capture_output=True, text=True, check=True)
         assert real.stdout.replace("\xa0", " ").rstrip("\n") == expected
+
+
+def test_cli_part_names_match_the_tour() -> None:
+    from overunder.cli.commands.tour import PART_NAMES
+    from overunder.tour import PARTS
+
+    assert tuple(PARTS) == PART_NAMES
