@@ -230,21 +230,50 @@ def _deep(root: Path, depth: int) -> int:
     return fd
 
 
+def _remove_deep(root: Path) -> None:
+    """Remove a tree of single-child dirs bottom-up without recursion: pytest's and
+    shutil's rmtree recurse per level and hit Python's recursion limit on these trees."""
+    fds = [os.open(root, os.O_RDONLY | os.O_DIRECTORY)]
+    names: list[str] = []
+    while True:
+        children = os.listdir(fds[-1])
+        sub = [c for c in children if os.path.isdir(f"/proc/self/fd/{fds[-1]}/{c}")]
+        for c in children:
+            if c not in sub:
+                os.unlink(c, dir_fd=fds[-1])
+        if not sub:
+            break
+        names.append(sub[0])
+        fds.append(os.open(sub[0], os.O_RDONLY | os.O_DIRECTORY, dir_fd=fds[-1]))
+    os.close(fds.pop())
+    while names:
+        os.rmdir(names.pop(), dir_fd=fds[-1])
+        os.close(fds.pop())
+    for fd in fds:
+        os.close(fd)
+
+
 def test_deep_trees_have_no_recursion_limit(tmp_path: Path) -> None:
     """A container can make a 1,200-level tree; commit and unpack must both cope."""
     u = tmp_path / "u"
     u.mkdir()
-    fd = _deep(u, 1200)
-    os.close(os.open("leaf", os.O_WRONLY | os.O_CREAT, 0o644, dir_fd=fd))
-    os.close(fd)
-    data = layer_bytes(u)
-    assert names(data)[-1] == "d/" * 1200 + "leaf"
     dest = tmp_path / "dest"
     dest.mkdir()
-    apply_layer(io.BytesIO(data), dest)
-    out = io.BytesIO()
-    write_layer(dest, out)
-    assert out.getvalue() == data
+    try:
+        fd = _deep(u, 1200)
+        os.close(os.open("leaf", os.O_WRONLY | os.O_CREAT, 0o644, dir_fd=fd))
+        os.close(fd)
+        data = layer_bytes(u)
+        assert names(data)[-1] == "d/" * 1200 + "leaf"
+        apply_layer(io.BytesIO(data), dest)
+        out = io.BytesIO()
+        write_layer(dest, out)
+        assert out.getvalue() == data
+    finally:
+        _remove_deep(u)
+        _remove_deep(dest)
+    assert os.listdir(u) == []
+    assert os.listdir(dest) == []
 
 
 def test_race_write_tree_never_archives_outside(tmp_path: Path) -> None:
