@@ -16,17 +16,19 @@ PACKAGE_DIR = Path(overunder.__file__).parent
 # Which overunder packages each package may import (itself always allowed).
 ALLOWED: dict[str, set[str]] = {
     "errors": set(),
-    "semantics": {"errors"},
-    "layerfs": {"errors", "semantics"},
-    "content": {"errors"},
-    "image": {"errors", "content", "semantics", "layerfs"},
-    "fuse": {"errors", "semantics", "layerfs"},
-    "mount": {"errors", "semantics", "layerfs", "fuse"},
-    "snapshots": {"errors", "semantics", "layerfs", "mount"},
-    "registry": {"errors", "content", "image"},
-    "runtime": {"errors"},
-    "explain": {"errors", "semantics", "layerfs", "content", "image", "snapshots"},
+    "atomic": set(),
+    "semantics": {"errors"},  # pure: no files, so no atomic writes either
+    "layerfs": {"atomic", "errors", "semantics"},
+    "content": {"atomic", "errors"},
+    "image": {"atomic", "errors", "content", "semantics", "layerfs"},
+    "fuse": {"atomic", "errors", "semantics", "layerfs"},
+    "mount": {"atomic", "errors", "semantics", "layerfs", "fuse"},
+    "snapshots": {"atomic", "errors", "semantics", "layerfs", "mount"},
+    "registry": {"atomic", "errors", "content", "image"},
+    "runtime": {"atomic", "errors"},
+    "explain": {"atomic", "errors", "semantics", "layerfs", "content", "image", "snapshots"},
     "engine": {
+        "atomic",
         "errors",
         "semantics",
         "layerfs",
@@ -40,6 +42,7 @@ ALLOWED: dict[str, set[str]] = {
         "explain",
     },
     "tour": {
+        "atomic",
         "errors",
         "semantics",
         "layerfs",

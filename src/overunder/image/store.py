@@ -27,6 +27,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from overunder import atomic
 from overunder.content.digest import validate_digest
 from overunder.errors import IntegrityError, InvalidArgument, NotFound
 from overunder.image import reference as refs
@@ -141,17 +142,7 @@ class ImageStore:
 
     def _write(self, images: dict[str, ImageRecord]) -> None:
         doc = {"version": _VERSION, "images": {k: v.to_dict() for k, v in images.items()}}
-        tmp = self.index_path.with_name(f".index.json.{os.getpid()}.tmp")
-        with open(tmp, "w") as f:
-            json.dump(doc, f, indent=1)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, self.index_path)
-        dfd = os.open(self.root, os.O_RDONLY | os.O_DIRECTORY)
-        try:
-            os.fsync(dfd)
-        finally:
-            os.close(dfd)
+        atomic.write_json(self.index_path, doc)
 
     def add(
         self,

@@ -14,6 +14,8 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
+from overunder import atomic
+
 __all__ = ["Kind", "MetadataFile", "SnapshotInfo"]
 
 
@@ -90,14 +92,4 @@ class MetadataFile:
 
     def _write(self, snaps: dict[str, SnapshotInfo]) -> None:
         doc = {"version": 1, "snapshots": {k: v.to_dict() for k, v in snaps.items()}}
-        tmp = self.path.with_name(f".metadata.json.{os.getpid()}.tmp")
-        with open(tmp, "w") as f:
-            json.dump(doc, f, indent=1)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, self.path)
-        dfd = os.open(self.root, os.O_RDONLY | os.O_DIRECTORY)
-        try:
-            os.fsync(dfd)
-        finally:
-            os.close(dfd)
+        atomic.write_json(self.path, doc)
