@@ -55,10 +55,35 @@ def test_error_rendering_has_no_traceback_unless_debug(
         raise NotFound("No such container: nosuch", hint="see 'overunder ps -a'")
 
     parser = cli_main.build_parser()
-    monkeypatch.setattr(cli_main, "build_parser", lambda: parser)
+    monkeypatch.setattr(cli_main, "build_parser", lambda argv=None: parser)
     parser.set_defaults(func=boom, verb="x")
     assert cli_main.run([]) == 1
     err = capsys.readouterr().err
     assert err == "Error: No such container: nosuch\nHint: see 'overunder ps -a'\n"
     assert cli_main.run(["--debug"]) == 1
     assert "Traceback" in capsys.readouterr().err
+
+
+def test_a_known_verb_loads_only_its_module() -> None:
+    code = (
+        "import sys; from overunder.cli import main; main.build_parser(['--root', '/x', 'ps']); "
+        "print(sorted(m for m in sys.modules if m.startswith('overunder.cli.commands.')))"
+    )
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert r.stdout.strip() == "['overunder.cli.commands.ps']"
+
+
+def test_each_verb_module_registers_exactly_its_own_verb() -> None:
+    """The lazy loading in build_parser relies on it: `overunder X` imports only module X."""
+    import argparse
+    import importlib
+    import pkgutil
+
+    from overunder.cli import commands
+
+    for info in pkgutil.iter_modules(commands.__path__):
+        if info.name.startswith("_"):
+            continue
+        sub = argparse.ArgumentParser().add_subparsers(dest="verb")
+        importlib.import_module(f"{commands.__name__}.{info.name}").register(sub)
+        assert list(sub.choices) == [info.name.rstrip("_")], info.name

@@ -9,8 +9,9 @@ errors into one or two lines on stderr and an exit code (see ``docs/cli.md``):
 * 125/126/127 from ``run``/``exec`` as Docker documents them; a container's own exit code
   passes through; 130 when interrupted by Ctrl-C.
 
-Imports of heavy modules happen inside the verbs so that ``overunder --help`` and short
-verbs start fast.
+Every command starts fast: only the module of the verb being run is imported (a module
+registers exactly its own verb, which a test checks), and heavy imports happen inside the
+verbs' handlers.
 """
 
 from __future__ import annotations
@@ -44,7 +45,23 @@ class _Parser(argparse.ArgumentParser):
         raise SystemExit(EXIT_USAGE)
 
 
-def build_parser() -> argparse.ArgumentParser:
+_VALUE_OPTIONS = ("--root", "--run-root")
+
+
+def _verb_of(argv: Sequence[str]) -> str | None:
+    """The verb in ``argv`` (the first word that is not a global option or its value)."""
+    args = iter(argv)
+    for arg in args:
+        if arg in _VALUE_OPTIONS:
+            next(args, None)
+        elif not arg.startswith("-"):
+            return arg
+    return None
+
+
+def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
+    """The parser; given ``argv`` whose verb is known, only that verb's module is imported
+    (every command starts faster), otherwise all of them (help, unknown verbs)."""
     parser = _Parser(
         prog="overunder",
         description="Container layers made real and visible.",
@@ -69,10 +86,14 @@ def build_parser() -> argparse.ArgumentParser:
         "$XDG_RUNTIME_DIR/overunder otherwise)",
     )
     sub = parser.add_subparsers(dest="verb", metavar="VERB", parser_class=_Parser)
-    for info in sorted(pkgutil.iter_modules(commands.__path__), key=lambda m: m.name):
-        if info.name.startswith("_"):
-            continue
-        module = importlib.import_module(f"{commands.__name__}.{info.name}")
+    names = sorted(m.name for m in pkgutil.iter_modules(commands.__path__))
+    names = [n for n in names if not n.startswith("_")]
+    verb = _verb_of(argv) if argv is not None else None
+    # A module is named for its verb (`import_` for `import`).
+    if verb is not None and verb.replace("-", "_") in {n.rstrip("_") for n in names}:
+        names = [n for n in names if n.rstrip("_") == verb.replace("-", "_")]
+    for name in names:
+        module = importlib.import_module(f"{commands.__name__}.{name}")
         module.register(sub)
     return parser
 
@@ -86,7 +107,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def run(argv: list[str]) -> int:
-    parser = build_parser()
+    parser = build_parser(argv)
     try:
         args = parser.parse_args(argv)
     except SystemExit as exc:  # --help, --version, usage errors
