@@ -26,6 +26,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+from overunder import atomic
 from overunder.engine.container_record import (
     ContainerRecord,
     State,
@@ -127,12 +128,7 @@ def _write_count(rd: Path, n: int) -> None:
         with contextlib.suppress(FileNotFoundError):
             path.unlink()
         return
-    tmp = rd / f".{_COUNT_FILE}.tmp"
-    with open(tmp, "w") as f:
-        f.write(f"{n}\n")
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    atomic.write_bytes(path, f"{n}\n".encode())
 
 
 def mount_container(paths: EnginePaths, name_or_id: str) -> Path:

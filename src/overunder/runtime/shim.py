@@ -52,6 +52,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from overunder import atomic
 from overunder.errors import FailedPrecondition, OverunderError
 from overunder.runtime.console import ConsoleSocket, set_winsize
 from overunder.runtime.logs import LogWriter, format_timestamp
@@ -134,20 +135,7 @@ class ExitInfo:
 
 def write_json_atomic(path: Path, value: Any, *, mode: int = 0o600) -> None:
     """temp in the same dir → fsync → rename (→ fsync of the dir)."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
-    data = json.dumps(value, indent=1).encode()
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, mode)
-    try:
-        os.write(fd, data)
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    os.replace(tmp, path)
-    dfd = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-    try:
-        os.fsync(dfd)
-    finally:
-        os.close(dfd)
+    atomic.write_json(path, value, mode=mode)
 
 
 def process_start_time(pid: int) -> int | None:
