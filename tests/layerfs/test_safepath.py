@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 
+from conftest import require
 from overunder.errors import InvalidArgument, NotFound
 from overunder.layerfs import safepath
 from overunder.layerfs.safepath import (
@@ -46,8 +47,8 @@ def root(tmp_path: Path) -> Path:
 def mode(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
     if request.param == "fallback":
         monkeypatch.setattr(safepath, "_openat2_ok", False)
-    elif not safepath.have_openat2():
-        pytest.skip("kernel without openat2")
+    else:
+        require(safepath.have_openat2(), "a kernel with openat2 (5.6+)")
     return str(request.param)
 
 
