@@ -41,7 +41,11 @@ def _path(obj: Any, expr: str) -> Any:
             return json.loads(expr)
         if expr.isdigit():
             return int(expr)
-        raise InvalidArgument(f"template: unsupported expression {expr!r}")
+        raise InvalidArgument(
+            f"template: unsupported expression {expr!r}",
+            hint="use a field path like {{.GraphDriver.Data.UpperDir}}, {{json .Config}}, "
+            "or --format json",
+        )
     cur = obj
     for depth, part in enumerate(expr[1:].split(".")):
         if isinstance(cur, dict) and part in cur:
